@@ -1,0 +1,24 @@
+//! rtc-broker: short-lived RTC tokens, session records, WebSocket rooms and
+//! recordings, on Redis (single, cluster, sentinel) or in memory.
+//!
+//! Module map: `config` (layered settings), `startup` (builds the app),
+//! `routes` (HTTP, one module per resource), `tokens`, `sessions`, `store`
+//! (storage trait, backends, key names), `domain` (validated ids and TTLs),
+//! `extract` (request parsing), `auth` (API keys), `error` (errors to HTTP),
+//! `health` (lifecycle), `telemetry` (logs, request spans), `shutdown`.
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod domain;
+pub mod error;
+pub mod extract;
+pub mod health;
+pub mod routes;
+pub mod sessions;
+pub mod shutdown;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod telemetry;
+pub mod tokens;

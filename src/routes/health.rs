@@ -1,0 +1,64 @@
+//! `/api/health`, `/health/live`, `/health/ready` and `/api/storage/status`.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::state::AppState;
+use crate::store::StorageKind;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/api/health").route(web::get().to(health)))
+        .service(web::resource("/health/live").route(web::get().to(live)))
+        .service(web::resource("/health/ready").route(web::get().to(ready)))
+        .service(web::resource("/api/storage/status").route(web::get().to(storage_status)));
+}
+
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let status = state.store.status();
+    let mut warnings: Vec<&str> = state.warnings.iter().copied().collect();
+    if status.storage == StorageKind::Memory {
+        warnings.push("using_in_memory_storage");
+    }
+    let redis = status.mode.map(|mode| {
+        json!({
+            "mode": mode,
+            "connected": status.connected,
+            "master": status.master,
+            "fallback_reason": status.fallback_reason,
+        })
+    });
+    HttpResponse::Ok().json(json!({
+        "ok": true,
+        "uptime_s": state.lifecycle.uptime_s(),
+        "server_id": state.lifecycle.server_id(),
+        "storage": status.storage,
+        "redis": redis,
+        "warnings": warnings,
+    }))
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({ "ok": true }))
+}
+
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    match state.lifecycle.not_ready() {
+        None => HttpResponse::Ok().json(json!({ "ready": true })),
+        Some(why) => HttpResponse::ServiceUnavailable()
+            .json(json!({ "ready": false, "reason": why.reason() })),
+    }
+}
+
+async fn storage_status(state: web::Data<AppState>) -> HttpResponse {
+    let status = state.store.status();
+    HttpResponse::Ok().json(json!({
+        "storage": status.storage,
+        "mode": status.mode,
+        "connected": status.connected,
+        "master": status.master,
+        "fallback_reason": status.fallback_reason,
+        "since": status.since,
+        "migrated": status.migrated,
+        "entries": status.entries,
+    }))
+}

@@ -1,0 +1,194 @@
+//! Builds the application from settings: keys, store, services, HTTP server.
+//! Tests build it the same way on port 0 and talk to it over real sockets.
+
+use std::future::Future;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
+
+use crate::auth::ApiKeys;
+use crate::config::Settings;
+use crate::domain::Ttl;
+use crate::extract::JsonLimits;
+use crate::health::Lifecycle;
+use crate::routes;
+use crate::sessions::SessionService;
+use crate::state::{AppState, FieldLimits};
+use crate::store::{MemoryStore, Store};
+use crate::telemetry;
+use crate::tokens::{KeyError, SigningKeys, TokenService};
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+impl StartupError {
+    /// True for errors caused by configuration (exit status 2).
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::Keys(_))
+    }
+}
+
+/// A bound, not yet running broker.
+pub struct Application {
+    port: u16,
+    server: Server,
+    state: AppState,
+}
+
+impl Application {
+    /// Binds the listener and assembles the app. Must run inside a Tokio
+    /// runtime (the memory store starts its sweeper there).
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        let keys = Arc::new(SigningKeys::from_settings(&settings.tokens)?);
+        let mut warnings = Vec::new();
+        if keys.uses_development_secret() {
+            tracing::warn!(
+                "no token secret configured: signing with the public development secret"
+            );
+            warnings.push("development_token_secret");
+        }
+        let store = build_store(&settings, &mut warnings);
+
+        let limits = FieldLimits {
+            token_max_ttl: settings.tokens.max_ttl_seconds,
+            token_default_ttl: settings.tokens.default_ttl_seconds,
+            session_max_ttl: settings.sessions.max_ttl_seconds,
+        };
+        let session_ttl = Ttl::new(
+            settings.sessions.default_ttl_seconds,
+            settings.sessions.max_ttl_seconds,
+        )
+        .map_err(|e| KeyError {
+            key: "sessions.default_ttl_seconds",
+            reason: e.to_string(),
+        })?;
+        let state = AppState {
+            tokens: TokenService::new(keys, store.clone(), &settings.tokens),
+            sessions: SessionService::new(
+                store.clone(),
+                session_ttl,
+                settings.limits.json_body_bytes,
+            ),
+            store,
+            lifecycle: Arc::new(Lifecycle::new(settings.server.server_id.clone())),
+            warnings: Arc::new(warnings),
+            limits,
+        };
+
+        let addr = format!("{}:{}", settings.server.host, settings.server.port);
+        let listener = TcpListener::bind(&addr).map_err(|source| StartupError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind {
+                addr: addr.clone(),
+                source,
+            })?
+            .port();
+        let server = http_server(&settings, state.clone(), listener)
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        tracing::info!(
+            host = %settings.server.host,
+            port,
+            server_id = %settings.server.server_id,
+            "rtc-broker listening"
+        );
+        Ok(Self {
+            port,
+            server,
+            state,
+        })
+    }
+
+    /// The port actually bound (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The shared state, for tests and embedding.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
+    /// requests finish (up to the configured timeout) and returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = &'static str>,
+    ) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let lifecycle = self.state.lifecycle.clone();
+        let mut server = tokio::spawn(self.server);
+        lifecycle.mark_ready();
+        tokio::select! {
+            result = &mut server => return result.map_err(std::io::Error::other)?,
+            signal = shutdown => {
+                tracing::info!(signal, "shutting down: draining in-flight requests");
+                lifecycle.mark_shutting_down();
+                handle.stop(true).await;
+            }
+        }
+        let result = server.await.map_err(std::io::Error::other)?;
+        tracing::info!("shutdown complete");
+        result
+    }
+}
+
+fn build_store(settings: &Settings, warnings: &mut Vec<&'static str>) -> Arc<dyn Store> {
+    if settings.redis.is_configured() {
+        tracing::warn!(
+            mode = settings.redis.mode.as_str(),
+            "Redis is configured but this version serves from memory only"
+        );
+        warnings.push("redis_not_supported_yet");
+    }
+    tracing::info!(storage = "memory", "using in-memory storage");
+    Arc::new(MemoryStore::new(Duration::from_millis(
+        settings.storage.sweep_interval_ms,
+    )))
+}
+
+fn http_server(
+    settings: &Settings,
+    state: AppState,
+    listener: TcpListener,
+) -> std::io::Result<Server> {
+    let state = web::Data::new(state);
+    let json_limits = JsonLimits {
+        max_bytes: settings.limits.json_body_bytes,
+        max_depth: settings.limits.json_max_depth,
+    };
+    let api_keys = ApiKeys::new(&settings.auth.api_keys);
+    let mut server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .app_data(json_limits)
+            .app_data(api_keys.clone())
+            .configure(routes::configure)
+            .default_service(web::to(routes::not_found))
+            .wrap(routes::json_method_not_allowed())
+            .wrap(from_fn(telemetry::trace_request))
+    })
+    .listen(listener)?
+    .disable_signals()
+    .shutdown_timeout(settings.server.shutdown_timeout_seconds);
+    if settings.server.workers > 0 {
+        server = server.workers(settings.server.workers);
+    }
+    Ok(server.run())
+}

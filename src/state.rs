@@ -1,0 +1,31 @@
+//! What every handler can reach: the services, the store and the lifecycle.
+
+use std::sync::Arc;
+
+use crate::health::Lifecycle;
+use crate::sessions::SessionService;
+use crate::store::Store;
+use crate::tokens::TokenService;
+
+/// Shared application state, built once by `startup` and cloned into each
+/// worker (all fields are handles).
+#[derive(Clone)]
+pub struct AppState {
+    pub tokens: TokenService,
+    pub sessions: SessionService,
+    pub store: Arc<dyn Store>,
+    pub lifecycle: Arc<Lifecycle>,
+    /// Start-up conditions operators should know about (e.g. the public
+    /// development secret), listed in `/api/health`.
+    pub warnings: Arc<Vec<&'static str>>,
+    /// Limits that request parsers apply beyond the JSON body ones.
+    pub limits: FieldLimits,
+}
+
+/// Bounds on request fields, from configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldLimits {
+    pub token_max_ttl: u64,
+    pub token_default_ttl: u64,
+    pub session_max_ttl: u64,
+}

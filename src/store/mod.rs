@@ -1,0 +1,100 @@
+//! Storage behind one trait: the in-memory maps now, Redis (single, cluster,
+//! sentinel) and the fallback wrapper later. Everything the broker keeps is
+//! a string value under a [`Key`] with a TTL, so each backend needs only a
+//! handful of atomic operations that map one-to-one onto Redis commands.
+
+pub mod keys;
+pub mod memory;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::Serialize;
+
+pub use keys::Key;
+pub use memory::MemoryStore;
+
+/// Why the store could not serve an operation.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend did not answer (connection refused, no master known).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The backend took longer than the command timeout.
+    #[error("storage command timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The atomic operations every backend provides. Each maps to one Redis
+/// command or script on a single key, so it works unchanged in cluster mode.
+/// Every value has a TTL: nothing the broker stores lives forever.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `SET key value PX ttl`: writes or replaces the value.
+    async fn set(&self, key: &Key, value: &str, ttl: Duration) -> StoreResult<()>;
+
+    /// `SET key value NX PX ttl`: writes only if absent; true when written.
+    async fn set_if_absent(&self, key: &Key, value: &str, ttl: Duration) -> StoreResult<bool>;
+
+    /// `GET key`.
+    async fn get(&self, key: &Key) -> StoreResult<Option<String>>;
+
+    /// `GETDEL key`: removes the value and returns what it was.
+    async fn take(&self, key: &Key) -> StoreResult<Option<String>>;
+
+    /// Replaces the value only if it still equals `expected` (an optimistic
+    /// update of a record): `Some(new)` writes with a fresh TTL, `None`
+    /// deletes. True when the swap happened.
+    async fn compare_and_swap(
+        &self,
+        key: &Key,
+        expected: &str,
+        new: Option<&str>,
+        ttl: Duration,
+    ) -> StoreResult<bool>;
+
+    /// `DEL key`; true when something was removed.
+    async fn delete(&self, key: &Key) -> StoreResult<bool>;
+
+    /// `INCR key`, setting `ttl` when the counter is created; returns the new value.
+    async fn increment(&self, key: &Key, ttl: Duration) -> StoreResult<i64>;
+
+    /// What health and `/api/storage/status` report about this backend.
+    fn status(&self) -> StoreStatus;
+}
+
+/// Which kind of storage is serving right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StorageKind {
+    Memory,
+    Redis,
+}
+
+/// A snapshot of the backend's state for operators.
+#[derive(Debug, Clone, Serialize)]
+pub struct StoreStatus {
+    pub storage: StorageKind,
+    /// `single`, `cluster` or `sentinel`; `None` for the in-memory store.
+    pub mode: Option<&'static str>,
+    pub connected: bool,
+    /// Current master (sentinel mode).
+    pub master: Option<String>,
+    /// Why the broker is serving from memory although Redis is configured.
+    pub fallback_reason: Option<String>,
+    /// Unix seconds since this state holds.
+    pub since: u64,
+    /// Entries held in memory (in-memory store only).
+    pub entries: Option<usize>,
+    /// What was replayed into Redis after the last outage.
+    pub migrated: Migrated,
+}
+
+/// Counts of records moved from memory back to Redis after an outage.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Migrated {
+    pub tokens: u64,
+    pub sessions: u64,
+}

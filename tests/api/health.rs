@@ -1,0 +1,60 @@
+use serde_json::json;
+
+use crate::helpers::spawn_app;
+
+#[tokio::test]
+async fn health_reports_memory_storage() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/api/health").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["ok"], true);
+    assert_eq!(body["storage"], "memory");
+    assert_eq!(body["redis"], serde_json::Value::Null);
+    assert!(body["uptime_s"].as_u64().is_some());
+    assert!(body["server_id"].as_str().is_some_and(|s| !s.is_empty()));
+    let warnings = body["warnings"].as_array().unwrap();
+    assert!(
+        warnings.contains(&json!("using_in_memory_storage")),
+        "{body}"
+    );
+
+    assert_eq!(app.get("/health/live").await, (200, json!({"ok": true})));
+    assert_eq!(
+        app.get("/health/ready").await,
+        (200, json!({"ready": true}))
+    );
+
+    let (status, s) = app.get("/api/storage/status").await;
+    assert_eq!(status, 200);
+    assert_eq!(s["storage"], "memory");
+    assert_eq!(s["mode"], serde_json::Value::Null);
+    assert_eq!(s["connected"], false);
+    assert_eq!(s["fallback_reason"], serde_json::Value::Null);
+    assert!(s["since"].as_u64().is_some());
+    assert_eq!(s["migrated"], json!({"tokens": 0, "sessions": 0}));
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_or_generated() {
+    let app = spawn_app().await;
+    let res = app
+        .client
+        .get(app.url("/health/live"))
+        .header("x-request-id", "trace-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["x-request-id"], "trace-123");
+    let res = app.client.get(app.url("/api/nope")).send().await.unwrap();
+    let generated = res.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(uuid::Uuid::parse_str(&generated).is_ok(), "{generated}");
+    // An unsafe id is replaced, not logged or echoed.
+    let res = app
+        .client
+        .get(app.url("/health/live"))
+        .header("x-request-id", "a b\tc")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(res.headers()["x-request-id"], "a b\tc");
+}

@@ -1,0 +1,256 @@
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::helpers::{eventually, spawn_app};
+
+#[tokio::test]
+async fn create_get_and_conflict() {
+    let app = spawn_app().await;
+    let (status, record) = app
+        .post_json(
+            "/api/sessions",
+            &json!({"session_id": "room-1", "ttl_seconds": 600, "metadata": {"topic": "x"}}),
+        )
+        .await;
+    assert_eq!(status, 201, "{record}");
+    assert_eq!(record["session_id"], "room-1");
+    assert_eq!(record["metadata"], json!({"topic": "x"}));
+    assert_eq!(record["members"], json!([]));
+    let created = record["created_at"].as_u64().unwrap();
+    assert_eq!(record["updated_at"].as_u64(), Some(created));
+    assert_eq!(record["expires_at"].as_u64(), Some(created + 600));
+
+    let (status, fetched) = app.get("/api/sessions/room-1").await;
+    assert_eq!(status, 200);
+    assert_eq!(fetched, record);
+
+    let (status, body) = app
+        .post_json("/api/sessions", &json!({"session_id": "room-1"}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("session_exists"))
+    );
+
+    let (status, generated) = app.post_json("/api/sessions", &json!({})).await;
+    assert_eq!(status, 201);
+    let id = generated["session_id"].as_str().unwrap();
+    assert!(
+        uuid::Uuid::parse_str(id).is_ok(),
+        "generated id is a UUID: {id}"
+    );
+    let ttl = generated["expires_at"].as_u64().unwrap() - generated["created_at"].as_u64().unwrap();
+    assert_eq!(ttl, 3600, "default session TTL");
+}
+
+#[tokio::test]
+async fn patch_merges_shallowly() {
+    let app = spawn_app().await;
+    app.post_json(
+        "/api/sessions",
+        &json!({"session_id": "p1", "metadata": {"a": 1, "b": {"x": 1}, "c": 3}}),
+    )
+    .await;
+    let (status, record) = app
+        .patch_json(
+            "/api/sessions/p1",
+            &json!({"metadata": {"a": null, "b": {"y": 2}, "d": "new"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{record}");
+    assert_eq!(
+        record["metadata"],
+        json!({"b": {"y": 2}, "c": 3, "d": "new"})
+    );
+    let (_, fetched) = app.get("/api/sessions/p1").await;
+    assert_eq!(fetched["metadata"], record["metadata"]);
+}
+
+#[tokio::test]
+async fn members_join_and_leave() {
+    let app = spawn_app().await;
+    app.post_json("/api/sessions", &json!({"session_id": "m1"}))
+        .await;
+    let (status, record) = app
+        .post_json(
+            "/api/sessions/m1/members",
+            &json!({"member_id": "alice", "display_name": "Alice", "role": "host"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{record}");
+    let alice = &record["members"][0];
+    assert_eq!(alice["member_id"], "alice");
+    assert_eq!(alice["display_name"], "Alice");
+    assert_eq!(alice["role"], "host");
+    assert!(alice["joined_at"].as_u64().is_some());
+
+    let (status, record) = app
+        .post_json("/api/sessions/m1/members", &json!({"member_id": "bob"}))
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(record["members"].as_array().unwrap().len(), 2);
+
+    let (status, body) = app
+        .post_json("/api/sessions/m1/members", &json!({"member_id": "bob"}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("member_exists"))
+    );
+
+    let (status, record) = app.delete("/api/sessions/m1/members/alice").await;
+    assert_eq!(status, 200);
+    assert_eq!(record["members"][0]["member_id"], "bob");
+    assert_eq!(record["members"].as_array().unwrap().len(), 1);
+
+    let (status, body) = app.delete("/api/sessions/m1/members/alice").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("member_not_found"))
+    );
+}
+
+#[tokio::test]
+async fn concurrent_member_adds_are_all_kept() {
+    let app = std::sync::Arc::new(spawn_app().await);
+    app.post_json("/api/sessions", &json!({"session_id": "busy"}))
+        .await;
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let app = app.clone();
+        tasks.spawn(async move {
+            app.post_json(
+                "/api/sessions/busy/members",
+                &json!({"member_id": format!("u{i}")}),
+            )
+            .await
+            .0
+        });
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), 201);
+    }
+    let (_, record) = app.get("/api/sessions/busy").await;
+    assert_eq!(record["members"].as_array().unwrap().len(), 50);
+}
+
+#[tokio::test]
+async fn unknown_session_is_404_on_every_call() {
+    let app = spawn_app().await;
+    let (s1, b1) = app.get("/api/sessions/ghost").await;
+    let (s2, b2) = app
+        .patch_json("/api/sessions/ghost", &json!({"metadata": {}}))
+        .await;
+    let (s3, b3) = app
+        .post_json("/api/sessions/ghost/members", &json!({"member_id": "a"}))
+        .await;
+    let (s4, b4) = app.delete("/api/sessions/ghost/members/a").await;
+    let res = app
+        .client
+        .post(app.url("/api/sessions/ghost/end"))
+        .send()
+        .await
+        .unwrap();
+    let (s5, b5) = crate::helpers::read(res).await;
+    for (status, body) in [(s1, b1), (s2, b2), (s3, b3), (s4, b4), (s5, b5)] {
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (404, Some("session_not_found"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn end_removes_record_and_token() {
+    let app = spawn_app().await;
+    app.post_json("/api/sessions", &json!({"session_id": "e1"}))
+        .await;
+    let token = app.issue("e1", 60).await["rtc_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // No body at all: calls that take no input accept an empty body.
+    let res = app
+        .client
+        .post(app.url("/api/sessions/e1/end"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = crate::helpers::read(res).await;
+    assert_eq!(status, 200);
+    assert_eq!(body, json!({"summary": "ended"}));
+    assert_eq!(app.get("/api/sessions/e1").await.0, 404);
+    assert_eq!(app.get("/api/voice/token/e1").await.0, 412);
+    let (status, _) = app
+        .post_json("/api/tokens/verify", &json!({"token": token}))
+        .await;
+    assert_eq!(status, 401, "the ended session's token is revoked");
+}
+
+#[tokio::test]
+async fn session_expires_and_leaves_memory() {
+    let app = spawn_app().await;
+    let baseline = app.memory_entries().await;
+    app.post_json(
+        "/api/sessions",
+        &json!({"session_id": "t1", "ttl_seconds": 1}),
+    )
+    .await;
+    assert_eq!(app.get("/api/sessions/t1").await.0, 200);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.get("/api/sessions/t1").await.0 == 404
+        })
+        .await,
+        "session outlived its TTL"
+    );
+    for i in 0..200 {
+        app.post_json(
+            "/api/sessions",
+            &json!({"session_id": format!("bulk{i}"), "ttl_seconds": 1}),
+        )
+        .await;
+        app.issue(&format!("bulk{i}"), 1).await;
+    }
+    assert!(app.memory_entries().await > baseline, "entries are counted");
+    // Nothing reads these keys again: only the sweeper can free them.
+    assert!(
+        eventually(Duration::from_secs(6), || async {
+            app.memory_entries().await <= baseline
+        })
+        .await,
+        "expired sessions and tokens still held in memory"
+    );
+}
+
+#[tokio::test]
+async fn every_write_slides_the_ttl() {
+    let app = spawn_app().await;
+    let (_, record) = app
+        .post_json(
+            "/api/sessions",
+            &json!({"session_id": "slide", "ttl_seconds": 3}),
+        )
+        .await;
+    let first_expiry = record["expires_at"].as_u64().unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // Written 1 s before the TTL runs out...
+    let (status, record) = app
+        .post_json("/api/sessions/slide/members", &json!({"member_id": "late"}))
+        .await;
+    assert_eq!(status, 201, "{record}");
+    assert!(record["expires_at"].as_u64().unwrap() > first_expiry);
+    // ...it lives on past the original expiry.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, record) = app.get("/api/sessions/slide").await;
+    assert_eq!(status, 200, "session died at its original expiry");
+    assert_eq!(record["members"][0]["member_id"], "late");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            app.get("/api/sessions/slide").await.0 == 404
+        })
+        .await,
+        "session never expired after the last write"
+    );
+}
