@@ -79,15 +79,12 @@ fn start(env: &[(&str, &str)], dir: &std::path::Path) -> Running {
     });
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let port = running.log.lock().unwrap().iter().find_map(|line| {
-            line.contains("rtc-broker listening")
-                .then(|| {
-                    line.split_whitespace()
-                        .find_map(|w| w.strip_prefix("port="))
-                })
-                .flatten()
-                .and_then(|p| p.parse::<u16>().ok())
-        });
+        let port = running
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find_map(|line| listening_port(line));
         if let Some(port) = port {
             running.port = port;
             return running;
@@ -100,6 +97,19 @@ fn start(env: &[(&str, &str)], dir: &std::path::Path) -> Running {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// The port from the start-up line, in the text or the JSON log format.
+fn listening_port(line: &str) -> Option<u16> {
+    if !line.contains("rtc-broker listening") {
+        return None;
+    }
+    if let Ok(entry) = serde_json::from_str::<serde_json::Value>(line) {
+        return entry["port"].as_u64().and_then(|p| u16::try_from(p).ok());
+    }
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("port="))
+        .and_then(|p| p.parse().ok())
 }
 
 #[test]
@@ -259,4 +269,56 @@ fn sigterm_drains_in_flight_requests_and_exits_zero() {
         .expect("broker exits after draining");
     assert_eq!(status.code(), Some(0), "{}", broker.log());
     assert!(broker.log().contains("shutdown complete"));
+}
+
+#[test]
+fn production_logs_are_json_with_request_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(
+        &[
+            ("PORT", "0"),
+            ("RUN_ENV", "production"),
+            ("HOST", "127.0.0.1"),
+            ("TOKEN_SECRET", "prod-secret-for-test"),
+            ("API_KEYS", "prod-key"),
+        ],
+        dir.path(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let status = rt.block_on(async {
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{}/health/live", broker.port))
+            .header("x-request-id", "json-log-check")
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let found = broker
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains("json-log-check"))
+            .cloned();
+        if let Some(line) = found {
+            break line;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no request log:\n{}",
+            broker.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("JSON log line");
+    let span = &entry["span"];
+    assert_eq!(span["request_id"], "json-log-check", "{entry}");
+    assert_eq!(span["route"], "/health/live", "{entry}");
+    assert_eq!(span["method"], "GET", "{entry}");
+    assert_eq!(span["status"], 200, "{entry}");
+    assert!(!broker.log().contains("prod-key"), "API key logged");
 }

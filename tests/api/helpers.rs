@@ -50,47 +50,35 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
-    /// POSTs a JSON value; returns status and parsed body (Null when empty).
+    /// Sends a request (with a JSON body when given); returns status and
+    /// parsed body (Null when empty).
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut req = self.client.request(method, self.url(path));
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        read(req.send().await.expect("request")).await
+    }
+
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let res = self
-            .client
-            .post(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request");
-        read(res).await
+        self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
     pub async fn patch_json(&self, path: &str, body: &Value) -> (u16, Value) {
-        let res = self
-            .client
-            .patch(self.url(path))
-            .json(body)
-            .send()
-            .await
-            .expect("request");
-        read(res).await
+        self.send(reqwest::Method::PATCH, path, Some(body)).await
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let res = self
-            .client
-            .get(self.url(path))
-            .send()
-            .await
-            .expect("request");
-        read(res).await
+        self.send(reqwest::Method::GET, path, None).await
     }
 
     pub async fn delete(&self, path: &str) -> (u16, Value) {
-        let res = self
-            .client
-            .delete(self.url(path))
-            .send()
-            .await
-            .expect("request");
-        read(res).await
+        self.send(reqwest::Method::DELETE, path, None).await
     }
 
     pub async fn issue(&self, session_id: &str, ttl: u64) -> Value {

@@ -146,13 +146,9 @@ async fn unknown_session_is_404_on_every_call() {
         .post_json("/api/sessions/ghost/members", &json!({"member_id": "a"}))
         .await;
     let (s4, b4) = app.delete("/api/sessions/ghost/members/a").await;
-    let res = app
-        .client
-        .post(app.url("/api/sessions/ghost/end"))
-        .send()
-        .await
-        .unwrap();
-    let (s5, b5) = crate::helpers::read(res).await;
+    let (s5, b5) = app
+        .send(reqwest::Method::POST, "/api/sessions/ghost/end", None)
+        .await;
     for (status, body) in [(s1, b1), (s2, b2), (s3, b3), (s4, b4), (s5, b5)] {
         assert_eq!(
             (status, body["error"].as_str()),
@@ -171,13 +167,9 @@ async fn end_removes_record_and_token() {
         .unwrap()
         .to_string();
     // No body at all: calls that take no input accept an empty body.
-    let res = app
-        .client
-        .post(app.url("/api/sessions/e1/end"))
-        .send()
-        .await
-        .unwrap();
-    let (status, body) = crate::helpers::read(res).await;
+    let (status, body) = app
+        .send(reqwest::Method::POST, "/api/sessions/e1/end", None)
+        .await;
     assert_eq!(status, 200);
     assert_eq!(body, json!({"summary": "ended"}));
     assert_eq!(app.get("/api/sessions/e1").await.0, 404);
