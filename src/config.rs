@@ -226,6 +226,8 @@ pub struct RedisSettings {
     pub key_prefix: String,
     pub connect_timeout_ms: u64,
     pub command_timeout_ms: u64,
+    pub pool_size: u32,
+    pub health_check_interval_ms: u64,
 }
 
 impl RedisSettings {
@@ -243,6 +245,16 @@ impl RedisSettings {
     /// Upper bound for one Redis command, so a hung server never hangs a request.
     pub fn command_timeout(&self) -> Duration {
         Duration::from_millis(self.command_timeout_ms)
+    }
+
+    /// Upper bound for establishing a connection.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Period of the background connection check.
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_millis(self.health_check_interval_ms)
     }
 }
 
@@ -427,6 +439,12 @@ impl Settings {
         }
         if r.command_timeout_ms == 0 {
             return Err(invalid("redis.command_timeout_ms", "must be at least 1"));
+        }
+        if r.health_check_interval_ms == 0 {
+            return Err(invalid(
+                "redis.health_check_interval_ms",
+                "must be at least 1",
+            ));
         }
         validate_ttl_pair(
             "tokens.default_ttl_seconds",

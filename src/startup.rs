@@ -18,7 +18,7 @@ use crate::health::Lifecycle;
 use crate::routes;
 use crate::sessions::SessionService;
 use crate::state::{AppState, FieldLimits};
-use crate::store::{MemoryStore, Store};
+use crate::store::{MemoryStore, RedisStore, Store};
 use crate::telemetry;
 use crate::tokens::{KeyError, SigningKeys, TokenService};
 
@@ -60,7 +60,7 @@ impl Application {
             );
             warnings.push("development_token_secret");
         }
-        let store = build_store(&settings, &mut warnings);
+        let store = build_store(&settings).await;
 
         let limits = FieldLimits {
             token_max_ttl: settings.tokens.max_ttl_seconds,
@@ -149,13 +149,14 @@ impl Application {
     }
 }
 
-fn build_store(settings: &Settings, warnings: &mut Vec<&'static str>) -> Arc<dyn Store> {
+async fn build_store(settings: &Settings) -> Arc<dyn Store> {
     if settings.redis.is_configured() {
-        tracing::warn!(
+        tracing::info!(
+            storage = "redis",
             mode = settings.redis.mode.as_str(),
-            "Redis is configured but this version serves from memory only"
+            "using Redis storage"
         );
-        warnings.push("redis_not_supported_yet");
+        return Arc::new(RedisStore::connect(settings.redis.clone()).await);
     }
     tracing::info!(storage = "memory", "using in-memory storage");
     Arc::new(MemoryStore::new(Duration::from_millis(

@@ -24,7 +24,9 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
             "mode": mode,
             "connected": status.connected,
             "master": status.master,
+            "cluster_state": status.cluster_state,
             "fallback_reason": status.fallback_reason,
+            "last_error": status.last_error,
         })
     });
     HttpResponse::Ok().json(json!({
@@ -42,10 +44,19 @@ async fn live() -> HttpResponse {
 }
 
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    match state.lifecycle.not_ready() {
+    let reason = match state.lifecycle.not_ready() {
+        Some(why) => Some(why.reason()),
+        None => {
+            let status = state.store.status();
+            let redis_down = status.storage == StorageKind::Redis && !status.connected;
+            redis_down.then_some("storage_unavailable")
+        }
+    };
+    match reason {
         None => HttpResponse::Ok().json(json!({ "ready": true })),
-        Some(why) => HttpResponse::ServiceUnavailable()
-            .json(json!({ "ready": false, "reason": why.reason() })),
+        Some(reason) => {
+            HttpResponse::ServiceUnavailable().json(json!({ "ready": false, "reason": reason }))
+        }
     }
 }
 
@@ -56,7 +67,9 @@ async fn storage_status(state: web::Data<AppState>) -> HttpResponse {
         "mode": status.mode,
         "connected": status.connected,
         "master": status.master,
+        "cluster_state": status.cluster_state,
         "fallback_reason": status.fallback_reason,
+        "last_error": status.last_error,
         "since": status.since,
         "migrated": status.migrated,
         "entries": status.entries,

@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::Rng as _;
 use serde_json::{Map, Value};
 
 use super::{Member, SessionError, SessionRecord};
@@ -9,8 +10,9 @@ use crate::domain::{Id, Ttl};
 use crate::store::{keys, Store};
 
 /// How often an update retries when another writer changed the record
-/// between its read and its write.
-const MAX_UPDATE_ATTEMPTS: usize = 16;
+/// between its read and its write (with a short jittered pause between
+/// attempts so contending writers spread out).
+const MAX_UPDATE_ATTEMPTS: u32 = 64;
 
 /// A validated request to create a session.
 #[derive(Debug, Clone)]
@@ -157,7 +159,12 @@ impl SessionService {
         change: impl Fn(&mut SessionRecord) -> Result<(), SessionError>,
     ) -> Result<SessionRecord, SessionError> {
         let key = keys::session(id);
-        for _ in 0..MAX_UPDATE_ATTEMPTS {
+        for attempt in 0..MAX_UPDATE_ATTEMPTS {
+            if attempt > 0 {
+                let cap = 2u64.pow(attempt.min(5));
+                let pause = rand::rng().random_range(0..=cap);
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
             let raw = self.read(id).await?;
             let mut record = decode(&raw)?;
             change(&mut record)?;

@@ -159,13 +159,6 @@ impl Store for MemoryStore {
         Ok(self.lock().live(key.as_str(), now).map(|e| e.value.clone()))
     }
 
-    async fn take(&self, key: &Key) -> StoreResult<Option<String>> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        inner.live(key.as_str(), now);
-        Ok(inner.map.remove(key.as_str()).map(|e| e.value))
-    }
-
     async fn compare_and_swap(
         &self,
         key: &Key,
@@ -188,7 +181,11 @@ impl Store for MemoryStore {
     }
 
     async fn delete(&self, key: &Key) -> StoreResult<bool> {
-        Ok(self.take(key).await?.is_some())
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let live = inner.live(key.as_str(), now).is_some();
+        inner.map.remove(key.as_str());
+        Ok(live)
     }
 
     async fn increment(&self, key: &Key, ttl: Duration) -> StoreResult<i64> {
@@ -212,6 +209,8 @@ impl Store for MemoryStore {
             mode: None,
             connected: false,
             master: None,
+            cluster_state: None,
+            last_error: None,
             fallback_reason: None,
             since: self.since,
             entries: Some(self.len()),
@@ -246,7 +245,8 @@ mod tests {
             .compare_and_swap(&k, "1", Some("3"), ttl)
             .await
             .unwrap());
-        assert_eq!(store.take(&k).await.unwrap().as_deref(), Some("3"));
+        assert_eq!(store.get(&k).await.unwrap().as_deref(), Some("3"));
+        assert!(store.delete(&k).await.unwrap());
         assert!(!store.delete(&k).await.unwrap());
         assert_eq!(store.increment(&k, ttl).await.unwrap(), 1);
         assert_eq!(store.increment(&k, ttl).await.unwrap(), 2);

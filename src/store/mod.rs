@@ -5,6 +5,7 @@
 
 pub mod keys;
 pub mod memory;
+pub mod redis;
 
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 pub use keys::Key;
 pub use memory::MemoryStore;
+pub use redis::RedisStore;
 
 /// Why the store could not serve an operation.
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +42,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// `GET key`.
     async fn get(&self, key: &Key) -> StoreResult<Option<String>>;
-
-    /// `GETDEL key`: removes the value and returns what it was.
-    async fn take(&self, key: &Key) -> StoreResult<Option<String>>;
 
     /// Replaces the value only if it still equals `expected` (an optimistic
     /// update of a record): `Some(new)` writes with a fresh TTL, `None`
@@ -82,6 +81,10 @@ pub struct StoreStatus {
     pub connected: bool,
     /// Current master (sentinel mode).
     pub master: Option<String>,
+    /// `cluster_state` from `CLUSTER INFO` (cluster mode).
+    pub cluster_state: Option<String>,
+    /// The last connection or command error while disconnected.
+    pub last_error: Option<String>,
     /// Why the broker is serving from memory although Redis is configured.
     pub fallback_reason: Option<String>,
     /// Unix seconds since this state holds.

@@ -1,10 +1,10 @@
 use serde_json::json;
 
-use crate::helpers::{read, spawn_app_with};
+use crate::helpers::{read, spawn_app_with, Backend};
 
 #[tokio::test]
 async fn management_calls_need_an_api_key_when_configured() {
-    let app = spawn_app_with(&[("API_KEYS", "key-one,key-two")]).await;
+    let app = spawn_app_with(Backend::Memory, &[("API_KEYS", "key-one,key-two")]).await;
     let body = json!({"session_id": "guarded"});
     let send = |auth: Option<(&'static str, String)>| {
         let mut req = app.client.post(app.url("/api/voice/token")).json(&body);

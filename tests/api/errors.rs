@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::helpers::{read, spawn_app};
+use crate::helpers::{read, spawn_app, Backend};
 
 const JSON: Option<&str> = Some("application/json");
 
@@ -445,10 +445,9 @@ fn cases() -> Vec<Case> {
     c
 }
 
-#[tokio::test]
-async fn bad_input_gets_contract_errors_and_stores_nothing() {
-    let app = spawn_app().await;
-    let before = app.memory_entries().await;
+async fn bad_input_gets_contract_errors_and_stores_nothing(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let before = app.stored_entries().await;
     let mut failures = Vec::new();
     for c in cases() {
         let method = reqwest::Method::from_bytes(c.method.as_bytes()).unwrap();
@@ -485,7 +484,7 @@ async fn bad_input_gets_contract_errors_and_stores_nothing() {
         failures.join("\n")
     );
     assert_eq!(
-        app.memory_entries().await,
+        app.stored_entries().await,
         before,
         "a refused request stored something"
     );
@@ -495,7 +494,7 @@ async fn bad_input_gets_contract_errors_and_stores_nothing() {
 async fn oversized_body_gets_413_json_over_a_fresh_connection_too() {
     // A raw socket: the client must read the 413 JSON, not a reset.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app().await;
+    let app = spawn_app(Backend::Memory).await;
     let addr = app.address.trim_start_matches("http://").to_string();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let body = vec![b'x'; 1024 * 1024];
@@ -516,7 +515,7 @@ async fn oversized_body_gets_413_json_over_a_fresh_connection_too() {
 async fn dot_dot_paths_sent_verbatim_are_invalid_ids() {
     // HTTP clients resolve `..` before sending; a raw socket sends it as is.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let app = spawn_app().await;
+    let app = spawn_app(Backend::Memory).await;
     let addr = app.address.trim_start_matches("http://").to_string();
     for path in [
         "/api/voice/token/..",
@@ -535,3 +534,5 @@ async fn dot_dot_paths_sent_verbatim_are_invalid_ids() {
         assert!(ok, "{path}: {text}");
     }
 }
+
+crate::on_every_backend!(bad_input_gets_contract_errors_and_stores_nothing,);

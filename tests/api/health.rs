@@ -1,10 +1,10 @@
 use serde_json::json;
 
-use crate::helpers::spawn_app;
+use crate::helpers::{spawn_app, Backend};
 
 #[tokio::test]
 async fn health_reports_memory_storage() {
-    let app = spawn_app().await;
+    let app = spawn_app(Backend::Memory).await;
     let (status, body) = app.get("/api/health").await;
     assert_eq!(status, 200);
     assert_eq!(body["ok"], true);
@@ -36,7 +36,7 @@ async fn health_reports_memory_storage() {
 
 #[tokio::test]
 async fn request_id_is_echoed_or_generated() {
-    let app = spawn_app().await;
+    let app = spawn_app(Backend::Memory).await;
     let res = app
         .client
         .get(app.url("/health/live"))

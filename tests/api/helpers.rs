@@ -2,34 +2,79 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rtc_broker::config::Settings;
+
+use crate::harness;
 use rtc_broker::startup::Application;
 use serde_json::Value;
+
+/// Where the broker under test keeps its data. The Redis topologies are
+/// real processes shared by all tests of this binary; each app gets its own
+/// key prefix so tests never see each other's keys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Memory,
+    Single,
+    Cluster,
+    Sentinel,
+}
+
+impl Backend {
+    fn env(self) -> Vec<(String, String)> {
+        let pairs: Vec<(&str, String)> = match self {
+            Backend::Memory => vec![],
+            Backend::Single => vec![("REDIS_URL", harness::shared_single().url())],
+            Backend::Cluster => vec![
+                ("REDIS_MODE", "cluster".into()),
+                ("REDIS_CLUSTER_NODES", harness::shared_cluster().nodes_env()),
+            ],
+            Backend::Sentinel => {
+                let set = harness::shared_sentinel();
+                vec![
+                    ("REDIS_MODE", "sentinel".into()),
+                    ("REDIS_SENTINELS", set.sentinels_env()),
+                    ("REDIS_SENTINEL_NAME", set.name.clone()),
+                ]
+            }
+        };
+        pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+}
 
 /// A running broker and a client for it.
 pub struct TestApp {
     pub address: String,
     pub client: reqwest::Client,
+    pub backend: Backend,
+    /// Key prefix of this app's data in Redis.
+    pub prefix: String,
+    env: Vec<(String, String)>,
 }
 
-/// The app with defaults (in-memory store, no API keys).
-pub async fn spawn_app() -> TestApp {
-    spawn_app_with(&[]).await
+/// The app with defaults on the given backend (no API keys).
+pub async fn spawn_app(backend: Backend) -> TestApp {
+    spawn_app_with(backend, &[]).await
 }
 
 /// The app with extra environment settings (legacy or `BROKER__` names).
-pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
-    let mut vars: HashMap<String, String> = [
+pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+    let prefix = format!("t{}:", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+    let mut env: Vec<(String, String)> = [
         ("BROKER__SERVER__PORT", "0"),
         ("BROKER__SERVER__WORKERS", "2"),
         ("BROKER_CONFIG_DIR", "/nonexistent"),
         ("BROKER__STORAGE__SWEEP_INTERVAL_MS", "100"),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    for (k, v) in env {
-        vars.insert(k.to_string(), v.to_string());
-    }
+    env.extend(backend.env());
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    start(backend, prefix, env).await
+}
+
+async fn start(backend: Backend, prefix: String, env: Vec<(String, String)>) -> TestApp {
+    let vars: HashMap<String, String> = env.iter().cloned().collect();
     let settings = Settings::load_from(&vars).expect("test settings must load");
     let app = Application::build(settings)
         .await
@@ -42,6 +87,9 @@ pub async fn spawn_app_with(env: &[(&str, &str)]) -> TestApp {
             .pool_max_idle_per_host(64)
             .build()
             .expect("http client"),
+        backend,
+        prefix,
+        env,
     }
 }
 
@@ -92,12 +140,49 @@ impl TestApp {
         body
     }
 
-    /// Entries held by the in-memory store.
-    pub async fn memory_entries(&self) -> u64 {
-        let (_, status) = self.get("/api/storage/status").await;
-        status["entries"]
-            .as_u64()
-            .expect("entries in storage status")
+    /// A second broker instance on the same storage (same Redis, same
+    /// key prefix), as behind a load balancer.
+    pub async fn sibling(&self) -> TestApp {
+        assert_ne!(self.backend, Backend::Memory, "memory is per instance");
+        start(self.backend, self.prefix.clone(), self.env.clone()).await
+    }
+
+    /// Entries this app holds: the memory store's size, or this app's keys
+    /// in Redis.
+    pub async fn stored_entries(&self) -> usize {
+        if self.backend == Backend::Memory {
+            let (_, status) = self.get("/api/storage/status").await;
+            return status["entries"]
+                .as_u64()
+                .expect("entries in storage status") as usize;
+        }
+        self.stored_keys().await.len()
+    }
+
+    /// This app's keys in Redis (full names, prefix included).
+    pub async fn stored_keys(&self) -> Vec<String> {
+        let (backend, prefix) = (self.backend, self.prefix.clone());
+        tokio::task::spawn_blocking(move || match backend {
+            Backend::Memory => panic!("the in-memory store has no Redis keys"),
+            Backend::Single => harness::keys(&harness::shared_single().node, &prefix),
+            Backend::Cluster => harness::shared_cluster().keys(&prefix),
+            Backend::Sentinel => harness::shared_sentinel().keys(&prefix),
+        })
+        .await
+        .expect("list keys")
+    }
+
+    /// Remaining TTL of a Redis key in milliseconds.
+    pub async fn key_ttl_ms(&self, key: &str) -> i64 {
+        let (backend, key) = (self.backend, key.to_string());
+        tokio::task::spawn_blocking(move || match backend {
+            Backend::Memory => panic!("the in-memory store has no Redis keys"),
+            Backend::Single => harness::pttl(&harness::shared_single().node, &key),
+            Backend::Cluster => harness::shared_cluster().pttl(&key),
+            Backend::Sentinel => harness::shared_sentinel().pttl(&key),
+        })
+        .await
+        .expect("PTTL")
     }
 }
 
@@ -153,4 +238,42 @@ pub fn jwt_part(token: &str, index: usize) -> Value {
         .decode(part)
         .expect("base64url");
     serde_json::from_slice(&bytes).expect("JSON part")
+}
+
+/// Generates one test per backend for each named `async fn(Backend)`.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::helpers::Backend;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn memory() { super::$name(Backend::Memory).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn single() { super::$name(Backend::Single).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() { super::$name(Backend::Cluster).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sentinel() { super::$name(Backend::Sentinel).await }
+            }
+        )*
+    };
+}
+
+/// Generates one test per Redis mode for each named `async fn(Backend)`.
+#[macro_export]
+macro_rules! on_every_redis_mode {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                use $crate::helpers::Backend;
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn single() { super::$name(Backend::Single).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn cluster() { super::$name(Backend::Cluster).await }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sentinel() { super::$name(Backend::Sentinel).await }
+            }
+        )*
+    };
 }

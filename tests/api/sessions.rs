@@ -2,11 +2,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::{eventually, spawn_app};
+use crate::helpers::{eventually, spawn_app, Backend};
 
-#[tokio::test]
-async fn create_get_and_conflict() {
-    let app = spawn_app().await;
+async fn create_get_and_conflict(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (status, record) = app
         .post_json(
             "/api/sessions",
@@ -44,9 +43,8 @@ async fn create_get_and_conflict() {
     assert_eq!(ttl, 3600, "default session TTL");
 }
 
-#[tokio::test]
-async fn patch_merges_shallowly() {
-    let app = spawn_app().await;
+async fn patch_merges_shallowly(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.post_json(
         "/api/sessions",
         &json!({"session_id": "p1", "metadata": {"a": 1, "b": {"x": 1}, "c": 3}}),
@@ -67,9 +65,8 @@ async fn patch_merges_shallowly() {
     assert_eq!(fetched["metadata"], record["metadata"]);
 }
 
-#[tokio::test]
-async fn members_join_and_leave() {
-    let app = spawn_app().await;
+async fn members_join_and_leave(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.post_json("/api/sessions", &json!({"session_id": "m1"}))
         .await;
     let (status, record) = app
@@ -111,9 +108,8 @@ async fn members_join_and_leave() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_member_adds_are_all_kept() {
-    let app = std::sync::Arc::new(spawn_app().await);
+async fn concurrent_member_adds_are_all_kept(backend: Backend) {
+    let app = std::sync::Arc::new(spawn_app(backend).await);
     app.post_json("/api/sessions", &json!({"session_id": "busy"}))
         .await;
     let mut tasks = tokio::task::JoinSet::new();
@@ -135,9 +131,8 @@ async fn concurrent_member_adds_are_all_kept() {
     assert_eq!(record["members"].as_array().unwrap().len(), 50);
 }
 
-#[tokio::test]
-async fn unknown_session_is_404_on_every_call() {
-    let app = spawn_app().await;
+async fn unknown_session_is_404_on_every_call(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (s1, b1) = app.get("/api/sessions/ghost").await;
     let (s2, b2) = app
         .patch_json("/api/sessions/ghost", &json!({"metadata": {}}))
@@ -157,9 +152,8 @@ async fn unknown_session_is_404_on_every_call() {
     }
 }
 
-#[tokio::test]
-async fn end_removes_record_and_token() {
-    let app = spawn_app().await;
+async fn end_removes_record_and_token(backend: Backend) {
+    let app = spawn_app(backend).await;
     app.post_json("/api/sessions", &json!({"session_id": "e1"}))
         .await;
     let token = app.issue("e1", 60).await["rtc_token"]
@@ -180,10 +174,9 @@ async fn end_removes_record_and_token() {
     assert_eq!(status, 401, "the ended session's token is revoked");
 }
 
-#[tokio::test]
-async fn session_expires_and_leaves_memory() {
-    let app = spawn_app().await;
-    let baseline = app.memory_entries().await;
+async fn session_expires_and_leaves_storage(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let baseline = app.stored_entries().await;
     app.post_json(
         "/api/sessions",
         &json!({"session_id": "t1", "ttl_seconds": 1}),
@@ -205,20 +198,19 @@ async fn session_expires_and_leaves_memory() {
         .await;
         app.issue(&format!("bulk{i}"), 1).await;
     }
-    assert!(app.memory_entries().await > baseline, "entries are counted");
+    assert!(app.stored_entries().await > baseline, "entries are counted");
     // Nothing reads these keys again: only the sweeper can free them.
     assert!(
         eventually(Duration::from_secs(6), || async {
-            app.memory_entries().await <= baseline
+            app.stored_entries().await <= baseline
         })
         .await,
-        "expired sessions and tokens still held in memory"
+        "expired sessions and tokens still stored"
     );
 }
 
-#[tokio::test]
-async fn every_write_slides_the_ttl() {
-    let app = spawn_app().await;
+async fn every_write_slides_the_ttl(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (_, record) = app
         .post_json(
             "/api/sessions",
@@ -246,3 +238,14 @@ async fn every_write_slides_the_ttl() {
         "session never expired after the last write"
     );
 }
+
+crate::on_every_backend!(
+    create_get_and_conflict,
+    patch_merges_shallowly,
+    members_join_and_leave,
+    concurrent_member_adds_are_all_kept,
+    unknown_session_is_404_on_every_call,
+    end_removes_record_and_token,
+    session_expires_and_leaves_storage,
+    every_write_slides_the_ttl,
+);

@@ -5,11 +5,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rtc_broker::config::DEVELOPMENT_SECRET;
 use serde_json::{json, Value};
 
-use crate::helpers::{eventually, jwt_part, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{eventually, jwt_part, spawn_app, spawn_app_with, Backend, TestApp};
 
-#[tokio::test]
-async fn issued_token_carries_every_claim() {
-    let app = spawn_app().await;
+async fn issued_token_carries_every_claim(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (status, body) = app
         .post_json(
             "/api/voice/token",
@@ -43,9 +42,8 @@ async fn issued_token_carries_every_claim() {
     assert!(claims["jti"].as_str().is_some_and(|j| j.len() >= 16));
 }
 
-#[tokio::test]
-async fn defaults_and_partial_grants() {
-    let app = spawn_app().await;
+async fn defaults_and_partial_grants(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (status, body) = app
         .post_json(
             "/api/voice/token",
@@ -65,9 +63,8 @@ async fn defaults_and_partial_grants() {
     );
 }
 
-#[tokio::test]
-async fn fetch_returns_the_live_token_and_a_new_one_replaces_it() {
-    let app = spawn_app().await;
+async fn fetch_returns_the_live_token_and_a_new_one_replaces_it(backend: Backend) {
+    let app = spawn_app(backend).await;
     let (status, body) = app.get("/api/voice/token/none-here").await;
     assert_eq!(
         (status, body["error"].as_str()),
@@ -87,10 +84,9 @@ async fn fetch_returns_the_live_token_and_a_new_one_replaces_it() {
     assert_eq!(fetched["rtc_token"], second["rtc_token"]);
 }
 
-#[tokio::test]
-async fn token_expires_after_its_ttl_and_leaves_memory() {
-    let app = spawn_app().await;
-    let baseline = app.memory_entries().await;
+async fn token_expires_after_its_ttl_and_leaves_storage(backend: Backend) {
+    let app = spawn_app(backend).await;
+    let baseline = app.stored_entries().await;
     app.issue("short", 1).await;
     assert_eq!(app.get("/api/voice/token/short").await.0, 200);
     assert!(
@@ -102,10 +98,10 @@ async fn token_expires_after_its_ttl_and_leaves_memory() {
     );
     assert!(
         eventually(Duration::from_secs(5), || async {
-            app.memory_entries().await <= baseline
+            app.stored_entries().await <= baseline
         })
         .await,
-        "expired token still held in memory"
+        "expired token still stored"
     );
 }
 
@@ -130,9 +126,8 @@ fn forge(claims: &Value, kid: &str) -> String {
     .unwrap()
 }
 
-#[tokio::test]
-async fn verify_accepts_good_tokens_and_rejects_bad_ones() {
-    let app = spawn_app().await;
+async fn verify_accepts_good_tokens_and_rejects_bad_ones(backend: Backend) {
+    let app = spawn_app(backend).await;
     let token = app.issue("s3", 60).await["rtc_token"]
         .as_str()
         .unwrap()
@@ -198,9 +193,8 @@ async fn verify_accepts_good_tokens_and_rejects_bad_ones() {
     }
 }
 
-#[tokio::test]
-async fn delete_removes_and_revokes() {
-    let app = spawn_app().await;
+async fn delete_removes_and_revokes(backend: Backend) {
+    let app = spawn_app(backend).await;
     let token = app.issue("s4", 60).await["rtc_token"]
         .as_str()
         .unwrap()
@@ -220,9 +214,8 @@ async fn delete_removes_and_revokes() {
     assert_eq!(verify(&app, &fresh).await.0, 200);
 }
 
-#[tokio::test]
-async fn expired_token_fails_verification() {
-    let app = spawn_app_with(&[("BROKER__TOKENS__LEEWAY_SECONDS", "0")]).await;
+async fn expired_token_fails_verification(backend: Backend) {
+    let app = spawn_app_with(backend, &[("BROKER__TOKENS__LEEWAY_SECONDS", "0")]).await;
     let token = app.issue("s5", 1).await["rtc_token"]
         .as_str()
         .unwrap()
@@ -237,9 +230,8 @@ async fn expired_token_fails_verification() {
     );
 }
 
-#[tokio::test]
-async fn a_thousand_concurrent_issues_are_all_retrievable() {
-    let app = std::sync::Arc::new(spawn_app().await);
+async fn a_thousand_concurrent_issues_are_all_retrievable(backend: Backend) {
+    let app = std::sync::Arc::new(spawn_app(backend).await);
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..1000 {
         let app = app.clone();
@@ -278,16 +270,19 @@ async fn eddsa_tokens_verify_against_the_published_jwks() {
         .unwrap();
     std::fs::write(&old_public, old_pem).unwrap();
 
-    let app = spawn_app_with(&[
-        (
-            "BROKER__TOKENS__PRIVATE_KEY_PATH",
-            private.to_str().unwrap(),
-        ),
-        (
-            "BROKER__TOKENS__PUBLIC_KEY_PATHS",
-            old_public.to_str().unwrap(),
-        ),
-    ])
+    let app = spawn_app_with(
+        Backend::Memory,
+        &[
+            (
+                "BROKER__TOKENS__PRIVATE_KEY_PATH",
+                private.to_str().unwrap(),
+            ),
+            (
+                "BROKER__TOKENS__PUBLIC_KEY_PATHS",
+                old_public.to_str().unwrap(),
+            ),
+        ],
+    )
     .await;
     let token = app.issue("ed", 60).await["rtc_token"]
         .as_str()
@@ -337,7 +332,18 @@ async fn eddsa_tokens_verify_against_the_published_jwks() {
 
 #[tokio::test]
 async fn no_jwks_with_a_shared_secret() {
-    let app = spawn_app().await;
+    let app = spawn_app(Backend::Memory).await;
     let (status, body) = app.get("/.well-known/jwks.json").await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
 }
+
+crate::on_every_backend!(
+    issued_token_carries_every_claim,
+    defaults_and_partial_grants,
+    fetch_returns_the_live_token_and_a_new_one_replaces_it,
+    token_expires_after_its_ttl_and_leaves_storage,
+    verify_accepts_good_tokens_and_rejects_bad_ones,
+    delete_removes_and_revokes,
+    expired_token_fails_verification,
+    a_thousand_concurrent_issues_are_all_retrievable,
+);

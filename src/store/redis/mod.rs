@@ -1,0 +1,447 @@
+//! The Redis store, in single, cluster or sentinel mode.
+//!
+//! Requests take a clone of the current connection and run one command or
+//! script under a deadline (the command timeout): retryable failures
+//! (connection drops, `TRYAGAIN`, `CLUSTERDOWN`, `LOADING`, `READONLY`, ...)
+//! are retried with backoff inside that deadline and never become 500s. A
+//! supervisor task connects, checks the connection periodically and, in
+//! sentinel mode, follows the master (`+switch-master` events, `ROLE`
+//! checks), so an idle instance follows a failover by itself.
+
+mod connection;
+mod sentinel;
+
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use rand::Rng as _;
+use redis::{Script, Value};
+use tokio::sync::{mpsc, Notify};
+
+use self::connection::{Conn, Op};
+use super::{Key, Migrated, StorageKind, Store, StoreError, StoreResult, StoreStatus};
+use crate::clock::unix_now;
+use crate::config::{HostPort, RedisMode, RedisSettings};
+
+/// Replaces a value only if it still equals the expected one.
+/// KEYS[1]; ARGV: expected, "1" to set / "0" to delete, new value, ttl ms.
+const CAS_SCRIPT: &str = r"
+local current = redis.call('GET', KEYS[1])
+if current ~= ARGV[1] then return 0 end
+if ARGV[2] == '1' then
+  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+else
+  redis.call('DEL', KEYS[1])
+end
+return 1
+";
+
+/// INCR that sets the TTL when it creates the counter. KEYS[1]; ARGV: ttl ms.
+const INCR_SCRIPT: &str = r"
+local value = redis.call('INCR', KEYS[1])
+if value == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+return value
+";
+
+/// What operators see about the connection.
+#[derive(Debug, Clone)]
+struct Health {
+    connected: bool,
+    master: Option<HostPort>,
+    cluster_state: Option<String>,
+    last_error: Option<String>,
+    since: u64,
+}
+
+struct Shared {
+    settings: RedisSettings,
+    conn: RwLock<Option<Conn>>,
+    health: Mutex<Health>,
+    /// Wakes the supervisor early (an error that suggests a failover).
+    wake: Arc<Notify>,
+    cas: Script,
+    incr: Script,
+}
+
+/// Redis-backed [`Store`]; cheap to clone.
+#[derive(Clone)]
+pub struct RedisStore {
+    shared: Arc<Shared>,
+}
+
+impl RedisStore {
+    /// Creates the store and starts its supervisor; waits up to the connect
+    /// timeout for the first connection. If Redis cannot be reached the
+    /// store is returned anyway, unconnected, and keeps trying in the
+    /// background (requests fail fast with `storage_unavailable` meanwhile).
+    pub async fn connect(settings: RedisSettings) -> Self {
+        let wake = Arc::new(Notify::new());
+        let shared = Arc::new(Shared {
+            settings: settings.clone(),
+            conn: RwLock::new(None),
+            health: Mutex::new(Health {
+                connected: false,
+                master: None,
+                cluster_state: None,
+                last_error: Some("not connected yet".into()),
+                since: unix_now(),
+            }),
+            wake: wake.clone(),
+            cas: Script::new(CAS_SCRIPT),
+            incr: Script::new(INCR_SCRIPT),
+        });
+        let (switch_tx, switch_rx) = mpsc::unbounded_channel();
+        if settings.mode == RedisMode::Sentinel {
+            sentinel::spawn_switch_listeners(&settings, switch_tx);
+        }
+        let deadline = Instant::now() + settings.connect_timeout();
+        shared.check(None).await;
+        let store = Self { shared };
+        // A sentinel set can need a moment to name a master; keep trying
+        // within the connect timeout before serving.
+        while !store.is_connected() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            store.shared.check(None).await;
+        }
+        if store.is_connected() {
+            tracing::info!(mode = settings.mode.as_str(), "connected to Redis");
+        } else {
+            tracing::warn!(
+                mode = settings.mode.as_str(),
+                error = store.last_error().as_deref().unwrap_or("unknown"),
+                "Redis not reachable at start-up; retrying in the background"
+            );
+        }
+        tokio::spawn(supervise(Arc::downgrade(&store.shared), wake, switch_rx));
+        store
+    }
+
+    /// Whether the last command or check succeeded.
+    pub fn is_connected(&self) -> bool {
+        self.shared.lock_health().connected
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.shared.lock_health().last_error.clone()
+    }
+
+    fn full_key(&self, key: &Key) -> String {
+        format!("{}{}", self.shared.settings.key_prefix, key.as_str())
+    }
+
+    async fn run(&self, op: Op<'_>) -> StoreResult<Value> {
+        self.shared.run(&op).await
+    }
+}
+
+impl Shared {
+    fn lock_health(&self) -> std::sync::MutexGuard<'_, Health> {
+        self.health.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn current(&self) -> Option<Conn> {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn replace(&self, conn: Option<Conn>) {
+        *self.conn.write().unwrap_or_else(|p| p.into_inner()) = conn;
+    }
+
+    fn mark_up(&self) {
+        let mut health = self.lock_health();
+        if !health.connected {
+            health.connected = true;
+            health.last_error = None;
+            health.since = unix_now();
+            tracing::info!(mode = self.settings.mode.as_str(), "Redis connection is up");
+        }
+    }
+
+    fn mark_down(&self, error: &str) {
+        let mut health = self.lock_health();
+        if health.connected {
+            health.since = unix_now();
+            tracing::warn!(
+                mode = self.settings.mode.as_str(),
+                error,
+                "Redis connection lost"
+            );
+        }
+        health.connected = false;
+        health.last_error = Some(error.to_string());
+    }
+
+    /// Runs an operation under the command timeout, retrying transient
+    /// failures with backoff inside that deadline.
+    async fn run(&self, op: &Op<'_>) -> StoreResult<Value> {
+        let timeout = self.settings.command_timeout();
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let Some(conn) = self.current() else {
+                return Err(StoreError::Unavailable(
+                    self.lock_health()
+                        .last_error
+                        .clone()
+                        .unwrap_or_else(|| "not connected".into()),
+                ));
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let error = match tokio::time::timeout(remaining, conn.run(op)).await {
+                Ok(Ok(value)) => {
+                    self.mark_up();
+                    return Ok(value);
+                }
+                Err(_) => {
+                    self.mark_down("command timed out");
+                    self.wake.notify_one();
+                    return Err(StoreError::Timeout(timeout));
+                }
+                Ok(Err(e)) => e,
+            };
+            let transient = is_transient(&error);
+            if transient {
+                // A drop, READONLY or LOADING may mean a failover: let the
+                // supervisor re-resolve now rather than at its next tick.
+                self.wake.notify_one();
+            }
+            if !transient || Instant::now() + backoff >= deadline {
+                if transient {
+                    self.mark_down(&error.to_string());
+                }
+                return Err(StoreError::Unavailable(error.to_string()));
+            }
+            tracing::debug!(error = %error, "transient Redis error; retrying");
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    /// One supervision step: connect if needed, check the connection, and in
+    /// sentinel mode make sure it points at the current master.
+    async fn check(&self, announced: Option<HostPort>) {
+        match self.settings.mode {
+            RedisMode::Single | RedisMode::Cluster => self.check_direct().await,
+            RedisMode::Sentinel => self.check_sentinel(announced).await,
+        }
+    }
+
+    async fn check_direct(&self) {
+        if self.current().is_none() {
+            let connecting = match self.settings.mode {
+                RedisMode::Cluster => connection::connect_cluster(&self.settings).await,
+                _ => connection::connect_single(&self.settings).await,
+            };
+            match connecting {
+                Ok(conn) => self.replace(Some(conn)),
+                Err(e) => return self.mark_down(&e.to_string()),
+            }
+        }
+        if self.settings.mode == RedisMode::Cluster {
+            let info = self
+                .run(&Op::Cmd(redis::cmd("CLUSTER").arg("INFO").clone()))
+                .await
+                .and_then(string_or_nil);
+            if let Ok(Some(text)) = info {
+                let state = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("cluster_state:"))
+                    .map(|s| s.trim().to_string());
+                self.lock_health().cluster_state = state;
+            }
+        } else {
+            let _ = self.run(&Op::Cmd(redis::cmd("PING"))).await;
+        }
+    }
+
+    async fn check_sentinel(&self, announced: Option<HostPort>) {
+        let current = self.lock_health().master.clone();
+        let candidate = match announced {
+            Some(master) => master,
+            None => match sentinel::ask_sentinels(&self.settings).await {
+                Ok(master) => master,
+                Err(e) => return self.mark_down(&e),
+            },
+        };
+        if current.as_ref() == Some(&candidate) && self.current().is_some() {
+            // Same master as before: is it still one (a demoted master keeps
+            // its connections open and says nothing)?
+            match sentinel::role_of(&self.settings, &candidate).await {
+                Ok(role) if role == "master" => {
+                    let _ = self.run(&Op::Cmd(redis::cmd("PING"))).await;
+                }
+                Ok(role) => self.mark_down(&format!("{candidate} is now a {role}")),
+                Err(e) => self.mark_down(&e),
+            }
+            return;
+        }
+        match sentinel::role_of(&self.settings, &candidate).await {
+            Ok(role) if role == "master" => {}
+            Ok(role) => return self.mark_down(&format!("{candidate} is a {role}, not master")),
+            Err(e) => return self.mark_down(&format!("{candidate}: {e}")),
+        }
+        let info = match connection::node_info(&self.settings, &candidate) {
+            Ok(info) => info,
+            Err(e) => return self.mark_down(&e.to_string()),
+        };
+        match connection::connect_node(info, &self.settings).await {
+            Ok(conn) => {
+                self.replace(Some(conn));
+                let old = self.lock_health().master.replace(candidate.clone());
+                match old {
+                    Some(old) => tracing::warn!(
+                        old_master = %old,
+                        new_master = %candidate,
+                        "Redis master changed; following the new master"
+                    ),
+                    None => tracing::info!(master = %candidate, "Redis master resolved"),
+                }
+                self.mark_up();
+            }
+            Err(e) => self.mark_down(&e.to_string()),
+        }
+    }
+}
+
+/// Errors worth retrying within the deadline: the connection or the
+/// cluster/replication state is in flux, the command itself is fine.
+fn is_transient(e: &redis::RedisError) -> bool {
+    use redis::RetryMethod as R;
+    if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
+        return true;
+    }
+    !matches!(e.retry_method(), R::NoRetry)
+}
+
+/// The background task: checks every `health_check_interval` while
+/// connected, retries with capped jittered backoff while not, and reacts
+/// at once to `+switch-master` announcements and error wake-ups.
+async fn supervise(
+    shared: Weak<Shared>,
+    wake: Arc<Notify>,
+    mut switches: mpsc::UnboundedReceiver<HostPort>,
+) {
+    let mut backoff = Duration::from_millis(50);
+    let mut announced = None;
+    loop {
+        let Some(strong) = shared.upgrade() else {
+            return;
+        };
+        strong.check(announced.take()).await;
+        let connected = strong.lock_health().connected;
+        let interval = strong.settings.health_check_interval();
+        drop(strong);
+        let pause = if connected {
+            backoff = Duration::from_millis(50);
+            interval
+        } else {
+            let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 2);
+            let pause = backoff + Duration::from_millis(jitter);
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+            pause.min(Duration::from_secs(2))
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = wake.notified() => {}
+            Some(master) = switches.recv() => announced = Some(master),
+        }
+    }
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn set(&self, key: &Key, value: &str, ttl: Duration) -> StoreResult<()> {
+        let cmd = redis::cmd("SET")
+            .arg(self.full_key(key))
+            .arg(value)
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .clone();
+        self.run(Op::Cmd(cmd)).await.map(|_| ())
+    }
+
+    async fn set_if_absent(&self, key: &Key, value: &str, ttl: Duration) -> StoreResult<bool> {
+        let cmd = redis::cmd("SET")
+            .arg(self.full_key(key))
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl_ms(ttl))
+            .clone();
+        Ok(!matches!(self.run(Op::Cmd(cmd)).await?, Value::Nil))
+    }
+
+    async fn get(&self, key: &Key) -> StoreResult<Option<String>> {
+        let cmd = redis::cmd("GET").arg(self.full_key(key)).clone();
+        string_or_nil(self.run(Op::Cmd(cmd)).await?)
+    }
+
+    async fn compare_and_swap(
+        &self,
+        key: &Key,
+        expected: &str,
+        new: Option<&str>,
+        ttl: Duration,
+    ) -> StoreResult<bool> {
+        let op = Op::Script {
+            script: &self.shared.cas,
+            keys: vec![self.full_key(key)],
+            args: vec![
+                expected.to_string(),
+                if new.is_some() { "1" } else { "0" }.to_string(),
+                new.unwrap_or_default().to_string(),
+                ttl_ms(ttl).to_string(),
+            ],
+        };
+        Ok(integer(self.run(op).await?)? == 1)
+    }
+
+    async fn delete(&self, key: &Key) -> StoreResult<bool> {
+        let cmd = redis::cmd("DEL").arg(self.full_key(key)).clone();
+        Ok(integer(self.run(Op::Cmd(cmd)).await?)? > 0)
+    }
+
+    async fn increment(&self, key: &Key, ttl: Duration) -> StoreResult<i64> {
+        let op = Op::Script {
+            script: &self.shared.incr,
+            keys: vec![self.full_key(key)],
+            args: vec![ttl_ms(ttl).to_string()],
+        };
+        integer(self.run(op).await?)
+    }
+
+    fn status(&self) -> StoreStatus {
+        let health = self.shared.lock_health().clone();
+        StoreStatus {
+            storage: StorageKind::Redis,
+            mode: Some(self.shared.settings.mode.as_str()),
+            connected: health.connected,
+            master: health.master.map(|m| m.to_string()),
+            cluster_state: health.cluster_state,
+            fallback_reason: None,
+            last_error: health.last_error,
+            since: health.since,
+            entries: None,
+            migrated: Migrated::default(),
+        }
+    }
+}
+
+fn ttl_ms(ttl: Duration) -> u64 {
+    (ttl.as_millis() as u64).max(1)
+}
+
+fn string_or_nil(value: Value) -> StoreResult<Option<String>> {
+    match value {
+        Value::Nil => Ok(None),
+        other => redis::from_redis_value::<String>(other)
+            .map(Some)
+            .map_err(|e| StoreError::Unavailable(format!("unexpected reply: {e}"))),
+    }
+}
+
+fn integer(value: Value) -> StoreResult<i64> {
+    redis::from_redis_value::<i64>(value)
+        .map_err(|e| StoreError::Unavailable(format!("unexpected reply: {e}")))
+}

@@ -1,0 +1,178 @@
+//! Following the master behind Redis Sentinel.
+//!
+//! redis-rs resolves the master only when it connects and has no
+//! `+switch-master` listener, so the broker does both itself: it asks the
+//! sentinels which node is master (on start, on errors that suggest a
+//! switch, and periodically, since an event can be missed), confirms it with
+//! `ROLE`, and listens for `+switch-master` on every sentinel so that even an
+//! idle instance follows a failover at once.
+
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use redis::{ConnectionAddr, IntoConnectionInfo};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+use super::connection::node_info;
+use crate::config::{HostPort, RedisSettings};
+
+/// Asks the sentinels, in order, for the current master's address.
+pub async fn ask_sentinels(settings: &RedisSettings) -> Result<HostPort, String> {
+    let mut errors = Vec::new();
+    for sentinel in &settings.sentinels {
+        match ask_one(settings, sentinel).await {
+            Ok(master) => return Ok(master),
+            Err(e) => errors.push(format!("{sentinel}: {e}")),
+        }
+    }
+    Err(format!(
+        "no sentinel named a master ({})",
+        errors.join("; ")
+    ))
+}
+
+async fn sentinel_connection(
+    settings: &RedisSettings,
+    sentinel: &HostPort,
+) -> Result<redis::aio::MultiplexedConnection, String> {
+    // Sentinels take neither the data password nor a db number.
+    let info = ConnectionAddr::Tcp(sentinel.host.clone(), sentinel.port)
+        .into_connection_info()
+        .map_err(|e| e.to_string())?;
+    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+    timeout(
+        settings.connect_timeout(),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| "connect timeout".to_string())?
+    .map_err(|e| e.to_string())
+}
+
+async fn ask_one(settings: &RedisSettings, sentinel: &HostPort) -> Result<HostPort, String> {
+    let mut conn = sentinel_connection(settings, sentinel).await?;
+    let answer: Option<(String, u16)> = timeout(
+        settings.command_timeout(),
+        redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg(&settings.sentinel_name)
+            .query_async(&mut conn),
+    )
+    .await
+    .map_err(|_| "command timeout".to_string())?
+    .map_err(|e| e.to_string())?;
+    let (host, port) = answer
+        .ok_or_else(|| format!("sentinel does not know master {:?}", settings.sentinel_name))?;
+    Ok(HostPort { host, port })
+}
+
+/// The node's replication role (`master`, `slave`, ...), asked over a
+/// short-lived connection so a hung node cannot stall the caller.
+pub async fn role_of(settings: &RedisSettings, node: &HostPort) -> Result<String, String> {
+    let info = node_info(settings, node).map_err(|e| e.to_string())?;
+    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+    let mut conn = timeout(
+        settings.connect_timeout(),
+        client.get_multiplexed_async_connection(),
+    )
+    .await
+    .map_err(|_| "connect timeout".to_string())?
+    .map_err(|e| e.to_string())?;
+    let role: Vec<redis::Value> = timeout(
+        settings.command_timeout(),
+        redis::cmd("ROLE").query_async(&mut conn),
+    )
+    .await
+    .map_err(|_| "command timeout".to_string())?
+    .map_err(|e| e.to_string())?;
+    match role.first() {
+        Some(v) => redis::from_redis_value_ref::<String>(v).map_err(|e| e.to_string()),
+        None => Err("empty ROLE reply".into()),
+    }
+}
+
+/// Parses a `+switch-master` payload: `<name> <old-ip> <old-port> <new-ip> <new-port>`.
+fn parse_switch(payload: &str, master_name: &str) -> Option<HostPort> {
+    let parts: Vec<&str> = payload.split_whitespace().collect();
+    match parts.as_slice() {
+        [name, _, _, host, port] if *name == master_name => Some(HostPort {
+            host: (*host).to_string(),
+            port: port.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+/// Subscribes to `+switch-master` on every sentinel and forwards each
+/// announced new master. Tasks end when the receiver is dropped.
+pub fn spawn_switch_listeners(settings: &RedisSettings, tx: mpsc::UnboundedSender<HostPort>) {
+    for sentinel in settings.sentinels.clone() {
+        let settings = settings.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(50);
+            while !tx.is_closed() {
+                match listen_once(&settings, &sentinel, &tx).await {
+                    Ok(()) => backoff = Duration::from_millis(50),
+                    Err(e) => {
+                        tracing::debug!(%sentinel, error = %e, "sentinel subscription lost; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(backoff) => {}
+                            _ = tx.closed() => return,
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn listen_once(
+    settings: &RedisSettings,
+    sentinel: &HostPort,
+    tx: &mpsc::UnboundedSender<HostPort>,
+) -> Result<(), String> {
+    let info = ConnectionAddr::Tcp(sentinel.host.clone(), sentinel.port)
+        .into_connection_info()
+        .map_err(|e| e.to_string())?;
+    let client = redis::Client::open(info).map_err(|e| e.to_string())?;
+    let mut pubsub = timeout(settings.connect_timeout(), client.get_async_pubsub())
+        .await
+        .map_err(|_| "connect timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    pubsub
+        .subscribe("+switch-master")
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut messages = pubsub.on_message();
+    loop {
+        tokio::select! {
+            msg = messages.next() => {
+                let Some(msg) = msg else { return Err("subscription closed".into()) };
+                let payload: String = msg.get_payload().map_err(|e| e.to_string())?;
+                if let Some(master) = parse_switch(&payload, &settings.sentinel_name) {
+                    tracing::info!(%sentinel, %master, "sentinel announced +switch-master");
+                    if tx.send(master).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            _ = tx.closed() => return Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_switch_master_for_our_name_only() {
+        let m = parse_switch("mymaster 127.0.0.1 6379 127.0.0.1 6380", "mymaster").unwrap();
+        assert_eq!(m.to_string(), "127.0.0.1:6380");
+        assert!(parse_switch("other 1.1.1.1 1 2.2.2.2 2", "mymaster").is_none());
+        assert!(parse_switch("mymaster garbage", "mymaster").is_none());
+    }
+}
