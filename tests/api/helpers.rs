@@ -1,10 +1,6 @@
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use rtc_broker::config::Settings;
-
 use crate::harness;
-use rtc_broker::startup::Application;
 use serde_json::Value;
 
 /// Where the broker under test keeps its data. The Redis topologies are
@@ -74,13 +70,7 @@ pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp
 }
 
 async fn start(backend: Backend, prefix: String, env: Vec<(String, String)>) -> TestApp {
-    let vars: HashMap<String, String> = env.iter().cloned().collect();
-    let settings = Settings::load_from(&vars).expect("test settings must load");
-    let app = Application::build(settings)
-        .await
-        .expect("test app must build");
-    let address = format!("http://127.0.0.1:{}", app.port());
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let address = harness::spawn_broker(&env).await;
     TestApp {
         address,
         client: reqwest::Client::builder()

@@ -271,6 +271,9 @@ impl Cluster {
                         "1000",
                         "--cluster-replica-validity-factor",
                         "0",
+                        // A dead master's slots must not take the others down.
+                        "--cluster-require-full-coverage",
+                        "no",
                     ],
                 )
             })
@@ -330,6 +333,12 @@ impl Cluster {
 
     /// Index (into `nodes`) of the master serving `key`'s slot right now.
     pub fn master_index_for(&self, key: &str) -> usize {
+        self.try_master_index_for(key)
+            .unwrap_or_else(|| panic!("no live master serves the slot of {key}"))
+    }
+
+    /// Like `master_index_for`, `None` while no live master serves the slot.
+    pub fn try_master_index_for(&self, key: &str) -> Option<usize> {
         let any = self.live().next().expect("a live node");
         let slot: u16 = any
             .cli(&["CLUSTER", "KEYSLOT", key])
@@ -356,14 +365,10 @@ impl Cluster {
                     .and_then(|a| a.rsplit(':').next())
                     .and_then(|p| p.parse().ok())
                     .expect("node port");
-                return self
-                    .nodes
-                    .iter()
-                    .position(|n| n.port == port)
-                    .expect("known node");
+                return self.nodes.iter().position(|n| n.port == port);
             }
         }
-        panic!("no master serves slot {slot} of {key}");
+        None
     }
 
     /// Keys starting with `prefix` on every master.
@@ -461,6 +466,29 @@ impl SentinelSet {
         panic!("no sentinel names a master");
     }
 
+    /// Waits until every live data node other than the master replicates
+    /// from it and is in sync (a demoted master is reconfigured by the
+    /// sentinels only after several seconds; killing the new master before
+    /// that loses everything written since the switch).
+    pub fn wait_replicas_synced(&self) {
+        let master = self.master_port();
+        wait_for(
+            "replicas in sync with the new master",
+            Duration::from_secs(40),
+            || {
+                self.nodes
+                    .iter()
+                    .filter(|n| n.port != master && n.child.is_some())
+                    .all(|n| {
+                        n.info_field("replication", "master_port").as_deref()
+                            == Some(&master.to_string())
+                            && n.info_field("replication", "master_link_status").as_deref()
+                                == Some("up")
+                    })
+            },
+        );
+    }
+
     pub fn node(&self, port: u16) -> &RedisProc {
         self.nodes
             .iter()
@@ -513,4 +541,17 @@ pub fn shared_cluster() -> &'static Cluster {
 pub fn shared_sentinel() -> &'static SentinelSet {
     static S: OnceLock<SentinelSet> = OnceLock::new();
     S.get_or_init(SentinelSet::start)
+}
+
+/// Builds the real app from `env` (as if it were the process environment)
+/// and serves it on a random loopback port; returns its base URL.
+pub async fn spawn_broker(env: &[(String, String)]) -> String {
+    let vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    let settings = rtc_broker::config::Settings::load_from(&vars).expect("test settings must load");
+    let app = rtc_broker::startup::Application::build(settings)
+        .await
+        .expect("test app must build");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    address
 }
