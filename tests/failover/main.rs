@@ -98,6 +98,14 @@ fn errors_between(samples: &[Sample], from: Instant, to: Instant) -> Vec<&Sample
         .collect()
 }
 
+/// The first error seen, for the printed report.
+fn first_error(samples: &[Sample]) -> &str {
+    samples
+        .iter()
+        .find_map(|s| s.error.as_deref())
+        .unwrap_or("none")
+}
+
 fn error_window(samples: &[Sample]) -> Duration {
     let errors: Vec<Instant> = samples.iter().filter(|s| !s.ok).map(|s| s.at).collect();
     match (errors.first(), errors.last()) {
@@ -230,12 +238,14 @@ async fn sentinel_failover_and_master_kill_are_followed_without_restart() {
         synced,
     );
     println!(
-        "sentinel master SIGKILL: promoted {} -> {} in {:?}, write error window {:?} ({} errors)",
+        "sentinel master SIGKILL: promoted {} -> {} in {:?}, write error window {:?} ({} errors, \
+         first: {})",
         second_master,
         third_master,
         promoted2 - killed,
         error_window(&phase2),
         phase2.iter().filter(|s| !s.ok).count(),
+        first_error(&phase2),
     );
     let late1 = errors_between(&samples, promoted1 + SETTLE, killed);
     assert!(
@@ -374,11 +384,12 @@ async fn cluster_master_kill_only_affects_its_own_slots() {
 
     println!(
         "cluster master {victim_port} SIGKILL: replica promoted in {:?}; its slots' write error \
-         window {:?} ({} errors of {} writes); other slots: {} errors of {} writes",
+         window {:?} ({} errors of {} writes, first: {}); other slots: {} errors of {} writes",
         promoted - killed,
         error_window(&target),
         target.iter().filter(|s| !s.ok).count(),
         target.len(),
+        first_error(&target),
         other.iter().filter(|s| !s.ok).count(),
         other.len(),
     );
