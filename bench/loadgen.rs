@@ -90,6 +90,13 @@ enum Op {
 }
 
 impl Op {
+    fn short(self) -> &'static str {
+        match self {
+            Op::Issue => "issue",
+            Op::Fetch => "fetch",
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Op::Issue => "token issue (POST /api/voice/token)",
@@ -213,13 +220,24 @@ async fn main() {
         }
         let elapsed = started.elapsed().as_secs_f64();
         all.sort_unstable();
-        println!(
-            "{:<42} {:>10.0} {:>9.2} {:>9.2} {:>8}",
-            op.name(),
+        let (rps, p50, p99) = (
             all.len() as f64 / elapsed,
             percentile(&all, 0.50),
             percentile(&all, 0.99),
+        );
+        println!(
+            "{:<42} {:>10.0} {:>9.2} {:>9.2} {:>8}",
+            op.name(),
+            rps,
+            p50,
+            p99,
             errors
+        );
+        // One machine-readable line per result, collated by bench/run.sh.
+        println!(
+            "RESULT\t{}\t{}\t{rps:.0}\t{p50:.2}\t{p99:.2}\t{errors}",
+            args.label,
+            op.short()
         );
     }
 }

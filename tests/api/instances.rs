@@ -2,6 +2,7 @@
 
 use serde_json::json;
 
+use crate::harness;
 use crate::helpers::{spawn_app, Backend};
 
 async fn two_instances_share_tokens_sessions_and_revocations(backend: Backend) {
@@ -114,6 +115,63 @@ async fn health_reports_the_redis_mode(backend: Backend) {
         _ => {}
     }
     assert_eq!(app.get("/health/ready").await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_db_and_prefix_are_honoured() {
+    let single =
+        tokio::task::spawn_blocking(|| harness::Single::start_with(&["--requirepass", "s3cret"]))
+            .await
+            .unwrap();
+    let url = format!("redis://127.0.0.1:{}", single.node.port);
+    let base = |extra: &[(&str, &str)]| {
+        let mut env: Vec<(String, String)> = [
+            ("BROKER__SERVER__PORT", "0"),
+            ("BROKER_CONFIG_DIR", "/nonexistent"),
+            ("REDIS_URL", url.as_str()),
+            ("REDIS_CONNECT_TIMEOUT", "500"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    };
+    let client = reqwest::Client::new();
+
+    // Without the password: up, but not connected and not ready.
+    let refused = harness::spawn_broker(&base(&[])).await;
+    let res = client
+        .get(format!("{refused}/health/ready"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let res = client
+        .post(format!("{refused}/api/voice/token"))
+        .json(&json!({"session_id": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+
+    // With password, db 3 and a prefix.
+    let ok = harness::spawn_broker(&base(&[
+        ("REDIS_PASSWORD", "s3cret"),
+        ("REDIS_DB", "3"),
+        ("REDIS_KEY_PREFIX", "app1:"),
+    ]))
+    .await;
+    let res = client
+        .post(format!("{ok}/api/voice/token"))
+        .json(&json!({"session_id": "pw"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let in_db3 = single.node.cli(&["-n", "3", "EXISTS", "app1:rtc:token:pw"]);
+    let in_db0 = single.node.cli(&["-n", "0", "EXISTS", "app1:rtc:token:pw"]);
+    assert_eq!((in_db3.trim(), in_db0.trim()), ("1", "0"));
 }
 
 crate::on_every_redis_mode!(

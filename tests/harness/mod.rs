@@ -105,11 +105,17 @@ pub fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) 
 /// One `redis-server` process (data node or sentinel).
 pub struct RedisProc {
     pub port: u16,
+    password: Option<String>,
     child: Option<Child>,
 }
 
 impl RedisProc {
     fn start(dir: &Path, port: u16, extra: &[&str]) -> Self {
+        let password = extra
+            .iter()
+            .position(|a| *a == "--requirepass")
+            .and_then(|i| extra.get(i + 1))
+            .map(|p| p.to_string());
         let mut cmd = Command::new("redis-server");
         cmd.args(["--port", &port.to_string()])
             .args(["--bind", "127.0.0.1"])
@@ -121,6 +127,7 @@ impl RedisProc {
             .args(extra);
         let proc = Self {
             port,
+            password,
             child: Some(spawn(cmd)),
         };
         proc.wait_ping();
@@ -145,6 +152,7 @@ impl RedisProc {
         cmd.arg(&conf).arg("--sentinel");
         let proc = Self {
             port,
+            password: None,
             child: Some(spawn(cmd)),
         };
         proc.wait_ping();
@@ -168,12 +176,12 @@ impl RedisProc {
 
     /// `redis-cli -p <port> args...`; `None` if the node does not answer.
     pub fn try_cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli")
-            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
-            .args(args)
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
+        let mut cmd = Command::new("redis-cli");
+        cmd.args(["-h", "127.0.0.1", "-p", &self.port.to_string()]);
+        if let Some(password) = &self.password {
+            cmd.args(["--no-auth-warning", "-a", password]);
+        }
+        let out = cmd.args(args).stderr(Stdio::null()).output().ok()?;
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         (out.status.success() && !text.starts_with("Could not connect")).then_some(text)
     }
@@ -235,9 +243,14 @@ pub struct Single {
 
 impl Single {
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A node with extra `redis-server` arguments (e.g. `--requirepass`).
+    pub fn start_with(extra: &[&str]) -> Self {
         require_redis();
         let dir = temp_dir();
-        let node = RedisProc::start(dir.path(), free_port(), &[]);
+        let node = RedisProc::start(dir.path(), free_port(), extra);
         Self { node, _dir: dir }
     }
 
