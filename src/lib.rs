@@ -3,7 +3,8 @@
 //!
 //! Module map: `config` (layered settings), `startup` (builds the app),
 //! `routes` (HTTP, one module per resource), `tokens`, `sessions`, `store`
-//! (storage trait, backends, key names), `domain` (validated ids and TTLs),
+//! (storage trait, backends incl. the Redis fallback, key names),
+//! `migration` (replay rules after an outage), `domain` (validated ids and TTLs),
 //! `extract` (request parsing), `auth` (API keys), `error` (errors to HTTP),
 //! `health` (lifecycle), `telemetry` (logs, request spans), `shutdown`.
 
@@ -14,6 +15,7 @@ pub mod domain;
 pub mod error;
 pub mod extract;
 pub mod health;
+pub mod migration;
 pub mod routes;
 pub mod sessions;
 pub mod shutdown;

@@ -15,10 +15,11 @@ use crate::config::Settings;
 use crate::domain::Ttl;
 use crate::extract::JsonLimits;
 use crate::health::Lifecycle;
+use crate::migration::DomainReconcile;
 use crate::routes;
 use crate::sessions::SessionService;
 use crate::state::{AppState, FieldLimits};
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::store::{FallbackStore, MemoryStore, RedisStore, Store};
 use crate::telemetry;
 use crate::tokens::{KeyError, SigningKeys, TokenService};
 
@@ -150,18 +151,25 @@ impl Application {
 }
 
 async fn build_store(settings: &Settings) -> Arc<dyn Store> {
-    if settings.redis.is_configured() {
-        tracing::info!(
-            storage = "redis",
-            mode = settings.redis.mode.as_str(),
-            "using Redis storage"
-        );
-        return Arc::new(RedisStore::connect(settings.redis.clone()).await);
+    let memory = || MemoryStore::new(Duration::from_millis(settings.storage.sweep_interval_ms));
+    if !settings.redis.is_configured() {
+        tracing::info!(storage = "memory", "using in-memory storage");
+        return Arc::new(memory());
     }
-    tracing::info!(storage = "memory", "using in-memory storage");
-    Arc::new(MemoryStore::new(Duration::from_millis(
-        settings.storage.sweep_interval_ms,
-    )))
+    tracing::info!(
+        storage = "redis",
+        mode = settings.redis.mode.as_str(),
+        fallback = settings.storage.fallback,
+        "using Redis storage"
+    );
+    let redis = RedisStore::connect(settings.redis.clone()).await;
+    if !settings.storage.fallback {
+        return Arc::new(redis);
+    }
+    let reconcile = DomainReconcile {
+        leeway_seconds: settings.tokens.leeway_seconds,
+    };
+    Arc::new(FallbackStore::new(redis, memory(), Arc::new(reconcile)))
 }
 
 fn http_server(

@@ -19,6 +19,9 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     if status.storage == StorageKind::Memory {
         warnings.push("using_in_memory_storage");
     }
+    if status.fallback_reason.is_some() {
+        warnings.push("redis_unavailable_serving_from_memory");
+    }
     let redis = status.mode.map(|mode| {
         json!({
             "mode": mode,

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::{Member, SessionError, SessionRecord};
 use crate::clock::unix_now;
 use crate::domain::{Id, Ttl};
-use crate::store::{keys, Store};
+use crate::store::{keys, Store, StoreError};
 
 /// How often an update retries when another writer changed the record
 /// between its read and its write (with a short jittered pause between
@@ -144,6 +144,7 @@ impl SessionService {
     /// Deletes the record (the caller revokes the session's token).
     #[tracing::instrument(skip_all, fields(session_id = %id))]
     pub async fn end(&self, id: &Id) -> Result<(), SessionError> {
+        self.read_for_write(id).await?;
         if self.store.delete(&keys::session(id)).await? {
             Ok(())
         } else {
@@ -165,7 +166,7 @@ impl SessionService {
                 let pause = rand::rng().random_range(0..=cap);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
-            let raw = self.read(id).await?;
+            let raw = self.read_for_write(id).await?;
             let mut record = decode(&raw)?;
             change(&mut record)?;
             record.touch(unix_now());
@@ -181,6 +182,20 @@ impl SessionService {
             }
         }
         Err(SessionError::Contended)
+    }
+
+    /// Reads a record a write needs. While the store serves from a
+    /// fallback, a miss may be a record only Redis holds: refuse (503)
+    /// rather than answer 404 or invent one.
+    async fn read_for_write(&self, id: &Id) -> Result<String, SessionError> {
+        match self.read(id).await {
+            Err(SessionError::NotFound) if !self.store.authoritative() => {
+                Err(SessionError::Store(StoreError::Unavailable(
+                    "this session may exist only in Redis, which is unreachable".into(),
+                )))
+            }
+            other => other,
+        }
     }
 
     async fn read(&self, id: &Id) -> Result<String, SessionError> {

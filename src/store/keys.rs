@@ -14,6 +14,34 @@ impl Key {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Rebuilds a key the broker itself stored earlier (the in-memory
+    /// store hands keys back as strings when replaying into Redis).
+    pub(crate) fn from_stored(name: String) -> Self {
+        Self(name)
+    }
+
+    /// What kind of record lives under this key, for replay and reports.
+    pub fn kind(&self) -> KeyKind {
+        if self.0.starts_with("rtc:token:") {
+            KeyKind::Token
+        } else if self.0.starts_with("rtc:revoked:") {
+            KeyKind::Revocation
+        } else if self.0.starts_with("session:") {
+            KeyKind::Session
+        } else {
+            KeyKind::Other
+        }
+    }
+}
+
+/// The kinds of records the broker stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    Token,
+    Revocation,
+    Session,
+    Other,
 }
 
 impl fmt::Display for Key {
@@ -49,5 +77,8 @@ mod tests {
         assert_eq!(token(&id).as_str(), "rtc:token:s1");
         assert_eq!(session(&id).as_str(), "session:{s1}");
         assert_eq!(revoked_token("j").as_str(), "rtc:revoked:j");
+        assert_eq!(token(&id).kind(), KeyKind::Token);
+        assert_eq!(session(&id).kind(), KeyKind::Session);
+        assert_eq!(revoked_token("j").kind(), KeyKind::Revocation);
     }
 }

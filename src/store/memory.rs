@@ -113,6 +113,21 @@ impl MemoryStore {
         self.len() == 0
     }
 
+    /// A live entry's value and remaining lifetime (for replay into Redis).
+    pub fn entry(&self, key: &Key) -> Option<(String, Duration)> {
+        let now = Instant::now();
+        self.lock()
+            .live(key.as_str(), now)
+            .map(|e| (e.value.clone(), e.expires_at.saturating_duration_since(now)))
+    }
+
+    /// Drops everything (after a replay moved it to Redis).
+    pub fn clear(&self) {
+        let mut inner = self.lock();
+        inner.map.clear();
+        inner.deadlines.clear();
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-written entry
         // (each operation is one map call), so a poisoned lock is still sound.

@@ -3,6 +3,7 @@
 //! a string value under a [`Key`] with a TTL, so each backend needs only a
 //! handful of atomic operations that map one-to-one onto Redis commands.
 
+pub mod fallback;
 pub mod keys;
 pub mod memory;
 pub mod redis;
@@ -12,7 +13,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::Serialize;
 
-pub use keys::Key;
+pub use fallback::{FallbackStore, Reconcile};
+pub use keys::{Key, KeyKind};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
@@ -62,6 +64,13 @@ pub trait Store: Send + Sync + 'static {
 
     /// What health and `/api/storage/status` report about this backend.
     fn status(&self) -> StoreStatus;
+
+    /// False while serving from a fallback that may lack records the real
+    /// backend holds: a miss is then not proof of absence, and a write that
+    /// needs an existing record must not invent one.
+    fn authoritative(&self) -> bool {
+        true
+    }
 }
 
 /// Which kind of storage is serving right now.

@@ -6,7 +6,7 @@ mod service;
 mod signing;
 
 pub use claims::{Claims, Grants};
-pub use service::{IssueRequest, IssuedToken, StoredToken, TokenService};
+pub use service::{stored_claims, IssueRequest, IssuedToken, StoredToken, TokenService};
 pub use signing::{KeyError, SigningKeys};
 
 use crate::store::StoreError;

@@ -139,8 +139,8 @@ async fn password_db_and_prefix_are_honoured() {
     };
     let client = reqwest::Client::new();
 
-    // Without the password: up, but not connected and not ready.
-    let refused = harness::spawn_broker(&base(&[])).await;
+    // Without the password (and no fallback): up, but not connected and not ready.
+    let refused = harness::spawn_broker(&base(&[("BROKER__STORAGE__FALLBACK", "false")])).await;
     let res = client
         .get(format!("{refused}/health/ready"))
         .send()

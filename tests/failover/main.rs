@@ -26,6 +26,9 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
         ("BROKER_CONFIG_DIR", "/nonexistent"),
         ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "500"),
         ("REDIS_COMMAND_TIMEOUT", "1000"),
+        // These tests measure the Redis path itself (error windows, 503s);
+        // the memory fallback is tested in tests/fallback.
+        ("BROKER__STORAGE__FALLBACK", "false"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

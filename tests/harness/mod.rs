@@ -107,6 +107,9 @@ pub struct RedisProc {
     pub port: u16,
     password: Option<String>,
     child: Option<Child>,
+    /// How it was started, for `restart` (data nodes only).
+    dir: PathBuf,
+    extra: Vec<String>,
 }
 
 impl RedisProc {
@@ -129,9 +132,21 @@ impl RedisProc {
             port,
             password,
             child: Some(spawn(cmd)),
+            dir: dir.to_path_buf(),
+            extra: extra.iter().map(|a| a.to_string()).collect(),
         };
         proc.wait_ping();
         proc
+    }
+
+    /// Starts the node again on the same port with the same arguments
+    /// (empty: nothing is persisted), after killing it if still running.
+    pub fn restart(&mut self) {
+        self.resume();
+        self.kill();
+        let extra: Vec<&str> = self.extra.iter().map(String::as_str).collect();
+        let fresh = Self::start(&self.dir.clone(), self.port, &extra);
+        *self = fresh;
     }
 
     fn start_sentinel(dir: &Path, port: u16, master_name: &str, master_port: u16) -> Self {
@@ -154,6 +169,8 @@ impl RedisProc {
             port,
             password: None,
             child: Some(spawn(cmd)),
+            dir: dir.to_path_buf(),
+            extra: Vec::new(),
         };
         proc.wait_ping();
         proc
@@ -248,9 +265,15 @@ impl Single {
 
     /// A node with extra `redis-server` arguments (e.g. `--requirepass`).
     pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_on(free_port(), extra)
+    }
+
+    /// A node on a given port (e.g. one a broker was told about before
+    /// Redis existed).
+    pub fn start_on(port: u16, extra: &[&str]) -> Self {
         require_redis();
         let dir = temp_dir();
-        let node = RedisProc::start(dir.path(), free_port(), extra);
+        let node = RedisProc::start(dir.path(), port, extra);
         Self { node, _dir: dir }
     }
 
@@ -500,6 +523,22 @@ impl SentinelSet {
                     })
             },
         );
+    }
+
+    /// SIGKILLs every data node (the sentinels stay up).
+    pub fn kill_data_nodes(&mut self) {
+        self.nodes.iter_mut().for_each(RedisProc::kill);
+    }
+
+    /// Restarts the data nodes, empty, master first, and waits until the
+    /// replica is in sync again.
+    pub fn restart_data_nodes(&mut self) {
+        let master = self.master_port();
+        self.node_mut(master).restart();
+        for node in self.nodes.iter_mut().filter(|n| n.port != master) {
+            node.restart();
+        }
+        self.wait_replicas_synced();
     }
 
     pub fn node(&self, port: u16) -> &RedisProc {

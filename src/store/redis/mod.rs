@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use rand::Rng as _;
 use redis::{Script, Value};
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 use self::connection::{Conn, Op};
 use super::{Key, Migrated, StorageKind, Store, StoreError, StoreResult, StoreStatus};
@@ -60,6 +60,8 @@ struct Shared {
     health: Mutex<Health>,
     /// Wakes the supervisor early (an error that suggests a failover).
     wake: Arc<Notify>,
+    /// Announces every change of `health.connected` (the fallback waits on it).
+    connected: watch::Sender<bool>,
     cas: Script,
     incr: Script,
 }
@@ -88,6 +90,7 @@ impl RedisStore {
                 since: unix_now(),
             }),
             wake: wake.clone(),
+            connected: watch::Sender::new(false),
             cas: Script::new(CAS_SCRIPT),
             incr: Script::new(INCR_SCRIPT),
         });
@@ -120,6 +123,11 @@ impl RedisStore {
     /// Whether the last command or check succeeded.
     pub fn is_connected(&self) -> bool {
         self.shared.lock_health().connected
+    }
+
+    /// Follows the connection state (true once Redis answers again).
+    pub fn watch_connected(&self) -> watch::Receiver<bool> {
+        self.shared.connected.subscribe()
     }
 
     fn last_error(&self) -> Option<String> {
@@ -155,6 +163,7 @@ impl Shared {
             health.last_error = None;
             health.since = unix_now();
             tracing::info!(mode = self.settings.mode.as_str(), "Redis connection is up");
+            self.connected.send_replace(true);
         }
     }
 
@@ -167,6 +176,7 @@ impl Shared {
                 error,
                 "Redis connection lost"
             );
+            self.connected.send_replace(false);
         }
         health.connected = false;
         health.last_error = Some(error.to_string());

@@ -1,0 +1,500 @@
+//! Fallback to memory while Redis is gone, and migration back when it
+//! returns (SPEC section 10), with real Redis processes killed, paused and
+//! restarted. Each test owns its topology; they run one at a time.
+
+#[path = "../harness/mod.rs"]
+mod harness;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use harness::{RedisProc, SentinelSet, Single};
+
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("BROKER__SERVER__PORT", "0"),
+        ("BROKER__SERVER__WORKERS", "2"),
+        ("BROKER_CONFIG_DIR", "/nonexistent"),
+        ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "200"),
+        ("REDIS_COMMAND_TIMEOUT", "500"),
+        ("REDIS_CONNECT_TIMEOUT", "500"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    env
+}
+
+/// A broker under test and a client for it.
+struct Broker {
+    base: String,
+    client: reqwest::Client,
+}
+
+impl Broker {
+    async fn start(env: &[(String, String)]) -> Self {
+        Self {
+            base: harness::spawn_broker(env).await,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(20))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut req = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let res = req.send().await.expect("broker answers");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    async fn get(&self, path: &str) -> (u16, Value) {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    async fn issue(&self, session_id: &str, ttl: u64) -> String {
+        let (status, body) = self
+            .post(
+                "/api/voice/token",
+                json!({"session_id": session_id, "ttl_seconds": ttl}),
+            )
+            .await;
+        assert_eq!(status, 200, "issue {session_id}: {body}");
+        body["rtc_token"].as_str().unwrap().to_string()
+    }
+
+    async fn storage(&self) -> Value {
+        self.get("/api/storage/status").await.1
+    }
+
+    /// Waits until the broker serves from Redis again (replay finished).
+    async fn wait_back_on_redis(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let status = self.storage().await;
+            if status["storage"] == "redis" {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "never migrated back: {status}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
+}
+
+/// Where the data lives, for checks with a plain Redis client.
+trait DataNode: Send + 'static {
+    fn master(&self) -> &RedisProc;
+    fn stop(&mut self);
+    fn restart(&mut self);
+}
+
+impl DataNode for Single {
+    fn master(&self) -> &RedisProc {
+        &self.node
+    }
+    fn stop(&mut self) {
+        self.node.kill();
+    }
+    fn restart(&mut self) {
+        self.node.restart();
+    }
+}
+
+impl DataNode for SentinelSet {
+    fn master(&self) -> &RedisProc {
+        self.node(self.master_port())
+    }
+    fn stop(&mut self) {
+        self.kill_data_nodes();
+    }
+    fn restart(&mut self) {
+        self.restart_data_nodes();
+    }
+}
+
+/// Redis stopped -> writes acknowledged from memory -> Redis restarted
+/// empty -> the writes are in Redis with their remaining TTLs, expired
+/// ones are not, and a second instance reads them.
+async fn outage_writes_reach_redis_after_restart<T: DataNode>(
+    topology: T,
+    env: Vec<(String, String)>,
+) {
+    let topology = Arc::new(std::sync::Mutex::new(topology));
+    let a = Broker::start(&env).await;
+    let b = Broker::start(&env).await;
+    assert_eq!(a.storage().await["storage"], "redis");
+    let (status, _) = a.post("/api/sessions", json!({"session_id": "pre"})).await;
+    assert_eq!(status, 201);
+
+    {
+        let t = topology.clone();
+        blocking(move || t.lock().unwrap().stop()).await;
+    }
+    // The first write meets the dead Redis and is still acknowledged.
+    let token = a.issue("t1", 60).await;
+    let status = a.storage().await;
+    assert_eq!(status["storage"], "memory", "{status}");
+    assert!(status["fallback_reason"].is_string(), "{status}");
+    let (status, _) = a
+        .post(
+            "/api/sessions",
+            json!({"session_id": "s1", "ttl_seconds": 120, "metadata": {"k": "v"}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let (status, _) = a
+        .post("/api/sessions/s1/members", json!({"member_id": "m1"}))
+        .await;
+    assert_eq!(status, 201);
+    a.issue("short", 1).await;
+    // A write that needs a record only Redis holds is refused, not invented.
+    let res = a
+        .client
+        .patch(format!("{}/api/sessions/pre", a.base))
+        .json(&json!({"metadata": {"x": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "storage_unavailable");
+    let (_, health) = a.get("/api/health").await;
+    assert_eq!(health["storage"], "memory");
+    assert!(health["warnings"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("using_in_memory_storage")));
+    // Let the short token expire in memory before Redis returns.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(a.get("/api/voice/token/short").await.0, 412);
+
+    {
+        let t = topology.clone();
+        blocking(move || t.lock().unwrap().restart()).await;
+    }
+    let status = a.wait_back_on_redis().await;
+    assert_eq!(status["migrated"]["tokens"], 1, "{status}");
+    assert_eq!(status["migrated"]["sessions"], 1, "{status}");
+
+    // Checked with a plain Redis client.
+    let (stored, ttl, session, short) = {
+        let t = topology.clone();
+        blocking(move || {
+            let t = t.lock().unwrap();
+            let m = t.master();
+            (
+                m.cli(&["GET", "rtc:token:t1"]).trim().to_string(),
+                m.cli(&["PTTL", "rtc:token:t1"])
+                    .trim()
+                    .parse::<i64>()
+                    .unwrap(),
+                m.cli(&["GET", "session:{s1}"]).trim().to_string(),
+                m.cli(&["EXISTS", "rtc:token:short"]).trim().to_string(),
+            )
+        })
+        .await
+    };
+    assert_eq!(stored, token);
+    assert!(
+        (45_000..=60_000).contains(&ttl),
+        "remaining TTL kept, got {ttl} ms"
+    );
+    let record: Value = serde_json::from_str(&session).expect("session JSON in Redis");
+    assert_eq!(record["members"][0]["member_id"], "m1");
+    assert_eq!(short, "0", "an expired entry was replayed");
+
+    // The second instance reads what the first acknowledged during the outage.
+    let (status, body) = b.get("/api/voice/token/t1").await;
+    assert_eq!(
+        (status, body["rtc_token"].as_str()),
+        (200, Some(token.as_str()))
+    );
+    let (status, body) = b.get("/api/sessions/s1").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["metadata"], json!({"k": "v"}));
+    // And the memory copies are gone from the first.
+    assert_eq!(a.storage().await["entries"], Value::Null);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_outage_is_served_from_memory_and_replayed() {
+    let _serial = SERIAL.lock().await;
+    let single = blocking(Single::start).await;
+    let env = env(&[("REDIS_URL", single.url())]);
+    outage_writes_reach_redis_after_restart(single, env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_outage_is_served_from_memory_and_replayed() {
+    let _serial = SERIAL.lock().await;
+    let set = blocking(SentinelSet::start).await;
+    let env = env(&[
+        ("REDIS_MODE", "sentinel".into()),
+        ("REDIS_SENTINELS", set.sentinels_env()),
+        ("REDIS_SENTINEL_NAME", set.name.clone()),
+    ]);
+    outage_writes_reach_redis_after_restart(set, env).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conflicts_newest_write_wins_and_deletes_stick() {
+    let _serial = SERIAL.lock().await;
+    let single = blocking(Single::start).await;
+    let env = env(&[("REDIS_URL", single.url())]);
+    let a = Broker::start(&env).await;
+    let b = Broker::start(&env).await;
+    let doomed = a.issue("gone", 300).await;
+    let (status, _) = a.post("/api/tokens/verify", json!({"token": doomed})).await;
+    assert_eq!(status, 200);
+
+    // A hung Redis keeps its data: the pre-outage token is still in it.
+    single.node.pause();
+    let started = Instant::now();
+    let (status, _) = a
+        .post(
+            "/api/sessions",
+            json!({"session_id": "c1", "metadata": {"writer": "a"}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    println!(
+        "first write against a hung Redis answered from memory in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        a.send(reqwest::Method::DELETE, "/api/voice/token/gone", None)
+            .await
+            .0,
+        204
+    );
+    // B writes the same session later (its own fallback, its own memory).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = b
+        .post(
+            "/api/sessions",
+            json!({"session_id": "c1", "metadata": {"writer": "b"}}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    assert_eq!(b.storage().await["storage"], "memory");
+
+    single.node.resume();
+    a.wait_back_on_redis().await;
+    b.wait_back_on_redis().await;
+    let record: Value = serde_json::from_str(single.node.cli(&["GET", "session:{c1}"]).trim())
+        .expect("session in Redis");
+    assert_eq!(
+        record["metadata"]["writer"], "b",
+        "the newer write must win: {record}"
+    );
+    assert_eq!(
+        single.node.cli(&["EXISTS", "rtc:token:gone"]).trim(),
+        "0",
+        "deleted token came back"
+    );
+    let (status, body) = b.post("/api/tokens/verify", json!({"token": doomed})).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("invalid_token")),
+        "revocation replayed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_in_fallback_and_migrates_when_redis_appears() {
+    let _serial = SERIAL.lock().await;
+    let port = harness::free_port();
+    let env = env(&[("REDIS_URL", format!("redis://127.0.0.1:{port}"))]);
+    let broker = Broker::start(&env).await;
+    let status = broker.storage().await;
+    assert_eq!(status["storage"], "memory", "{status}");
+    let (_, ready) = broker.get("/health/ready").await;
+    assert_eq!(ready["ready"], true, "serving from memory is ready");
+    let token = broker.issue("early", 120).await;
+
+    let single = blocking(move || Single::start_on(port, &[])).await;
+    broker.wait_back_on_redis().await;
+    assert_eq!(single.node.cli(&["GET", "rtc:token:early"]).trim(), token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_redis_is_answered_from_memory_within_the_command_timeout() {
+    let _serial = SERIAL.lock().await;
+    let single = blocking(Single::start).await;
+    let env = env(&[("REDIS_URL", single.url())]);
+    let broker = Broker::start(&env).await;
+    broker.issue("warm", 60).await;
+
+    single.node.pause();
+    let started = Instant::now();
+    let token = broker.issue("during", 60).await;
+    let first = started.elapsed();
+    // Command timeout 500 ms; the margin is for a loaded machine.
+    assert!(
+        first < Duration::from_millis(2000),
+        "first request took {first:?}"
+    );
+    let started = Instant::now();
+    broker.issue("later", 60).await;
+    println!(
+        "hung Redis: first request served from memory after {first:?}, the next in {:?}",
+        started.elapsed()
+    );
+
+    single.node.resume();
+    broker.wait_back_on_redis().await;
+    assert_eq!(single.node.cli(&["GET", "rtc:token:during"]).trim(), token);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_fallback_writes_get_503_and_the_broker_is_not_ready() {
+    let _serial = SERIAL.lock().await;
+    let mut single = blocking(Single::start).await;
+    let env = env(&[
+        ("REDIS_URL", single.url()),
+        ("BROKER__STORAGE__FALLBACK", "false".into()),
+    ]);
+    let broker = Broker::start(&env).await;
+    broker.issue("ok", 60).await;
+    single.node.kill();
+    let res = broker
+        .client
+        .post(format!("{}/api/voice/token", broker.base))
+        .json(&json!({"session_id": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "storage_unavailable");
+    let (status, ready) = broker.get("/health/ready").await;
+    assert_eq!(
+        (status, ready["ready"].as_bool()),
+        (503, Some(false)),
+        "{ready}"
+    );
+    assert_eq!(broker.storage().await["storage"], "redis");
+
+    // Keep the restarted node alive until the end of the test.
+    let _single = blocking(move || {
+        single.node.restart();
+        single
+    })
+    .await;
+    let recovered = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if broker.get("/health/ready").await.0 == 200 {
+                break true;
+            }
+            if Instant::now() > deadline {
+                break false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert!(recovered, "not ready again after Redis returned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_replay_repeated_leaves_the_same_data() {
+    let _serial = SERIAL.lock().await;
+    let mut single = blocking(Single::start).await;
+    let env = env(&[("REDIS_URL", single.url())]);
+    let broker = Arc::new(Broker::start(&env).await);
+    single.node.kill();
+
+    // Enough outage writes that the replay takes a while.
+    const N: usize = 4000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let broker = broker.clone();
+        tasks.spawn(async move {
+            let mut issued = Vec::new();
+            for i in (worker..N).step_by(16) {
+                let id = format!("r{i}");
+                issued.push((id.clone(), broker.issue(&id, 600).await));
+            }
+            issued
+        });
+    }
+    let mut issued = Vec::new();
+    while let Some(part) = tasks.join_next().await {
+        issued.extend(part.unwrap());
+    }
+    assert_eq!(issued.len(), N);
+
+    // Restart Redis and hang it as soon as the replay has written something.
+    let partial = blocking(move || {
+        single.node.restart();
+        let mut seen = 0;
+        harness::wait_for("replay to start", Duration::from_secs(20), || {
+            seen = single.node.cli(&["DBSIZE"]).trim().parse().unwrap_or(0);
+            seen > 0
+        });
+        single.node.pause();
+        (single, seen)
+    })
+    .await;
+    // The count seen just before the pause bounds how far the first
+    // replay got (a paused Redis cannot be asked).
+    let (single, stored_at_pause) = partial;
+    assert!(
+        stored_at_pause < N,
+        "the replay finished before it could be interrupted"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        broker.storage().await["storage"],
+        "memory",
+        "replay cannot have finished"
+    );
+    single.node.resume();
+    broker.wait_back_on_redis().await;
+
+    // Every acknowledged token is in Redis exactly once, with its value.
+    let values = blocking(move || {
+        let node = &single.node;
+        let keys: Vec<String> = (0..N).map(|i| format!("rtc:token:r{i}")).collect();
+        let mut values = Vec::new();
+        for chunk in keys.chunks(500) {
+            let mut args = vec!["MGET"];
+            args.extend(chunk.iter().map(String::as_str));
+            values.extend(node.cli(&args).lines().map(|l| l.trim().to_string()));
+        }
+        let dbsize: usize = node.cli(&["DBSIZE"]).trim().parse().unwrap();
+        (values, dbsize)
+    })
+    .await;
+    let (values, dbsize) = values;
+    let mut expected: Vec<(String, String)> = issued;
+    expected.sort_by_key(|(id, _)| id[1..].parse::<usize>().unwrap());
+    assert_eq!(values.len(), N);
+    for ((id, token), stored) in expected.iter().zip(&values) {
+        assert_eq!(
+            stored, token,
+            "token {id} differs after the repeated replay"
+        );
+    }
+    assert_eq!(dbsize, N, "nothing else was written");
+    println!("interrupted replay: {stored_at_pause} of {N} keys written before the pause; all {N} correct after the repeat");
+}
