@@ -54,16 +54,10 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 /// The app with extra environment settings (legacy or `BROKER__` names).
 pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
     let prefix = format!("t{}:", &uuid::Uuid::new_v4().simple().to_string()[..12]);
-    let mut env: Vec<(String, String)> = [
-        ("BROKER__SERVER__PORT", "0"),
-        ("BROKER__SERVER__WORKERS", "2"),
-        ("BROKER_CONFIG_DIR", "/nonexistent"),
-        ("BROKER__STORAGE__SWEEP_INTERVAL_MS", "100"),
-        ("REDIS_KEY_PREFIX", prefix.as_str()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let mut env = harness::broker_env(&[
+        ("BROKER__STORAGE__SWEEP_INTERVAL_MS", "100".into()),
+        ("REDIS_KEY_PREFIX", prefix.clone()),
+    ]);
     env.extend(backend.env());
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     start(backend, prefix, env).await
@@ -230,40 +224,46 @@ pub fn jwt_part(token: &str, index: usize) -> Value {
     serde_json::from_slice(&bytes).expect("JSON part")
 }
 
-/// Generates one test per backend for each named `async fn(Backend)`.
+/// Generates, for each named `async fn(Backend)`, a module with one test
+/// per listed backend (`test_name => Backend variant`).
 #[macro_export]
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                use $crate::helpers::Backend;
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn memory() { super::$name(Backend::Memory).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn single() { super::$name(Backend::Single).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn cluster() { super::$name(Backend::Cluster).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sentinel() { super::$name(Backend::Sentinel).await }
-            }
-        )*
+macro_rules! backend_tests {
+    ($backends:tt $($name:ident),* $(,)?) => {
+        $( $crate::backend_test_module!($name $backends); )*
     };
 }
 
-/// Generates one test per Redis mode for each named `async fn(Backend)`.
+#[macro_export]
+macro_rules! backend_test_module {
+    ($name:ident [$($test:ident => $backend:ident),*]) => {
+        mod $name {
+            use $crate::helpers::Backend;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $test() { super::$name(Backend::$backend).await }
+            )*
+        }
+    };
+}
+
+/// One test per backend: memory, single, cluster, sentinel.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        $crate::backend_tests!(
+            [memory => Memory, single => Single, cluster => Cluster, sentinel => Sentinel]
+            $($name),*
+        );
+    };
+}
+
+/// One test per Redis mode: single, cluster, sentinel.
 #[macro_export]
 macro_rules! on_every_redis_mode {
     ($($name:ident),* $(,)?) => {
-        $(
-            mod $name {
-                use $crate::helpers::Backend;
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn single() { super::$name(Backend::Single).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn cluster() { super::$name(Backend::Cluster).await }
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn sentinel() { super::$name(Backend::Sentinel).await }
-            }
-        )*
+        $crate::backend_tests!(
+            [single => Single, cluster => Cluster, sentinel => Sentinel]
+            $($name),*
+        );
     };
 }

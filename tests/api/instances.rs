@@ -125,17 +125,12 @@ async fn password_db_and_prefix_are_honoured() {
             .unwrap();
     let url = format!("redis://127.0.0.1:{}", single.node.port);
     let base = |extra: &[(&str, &str)]| {
-        let mut env: Vec<(String, String)> = [
-            ("BROKER__SERVER__PORT", "0"),
-            ("BROKER_CONFIG_DIR", "/nonexistent"),
-            ("REDIS_URL", url.as_str()),
-            ("REDIS_CONNECT_TIMEOUT", "500"),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
-        env
+        let mut pairs = vec![
+            ("REDIS_URL", url.clone()),
+            ("REDIS_CONNECT_TIMEOUT", "500".to_string()),
+        ];
+        pairs.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        harness::broker_env(&pairs)
     };
     let client = reqwest::Client::new();
 

@@ -20,21 +20,15 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const SETTLE: Duration = Duration::from_secs(2);
 
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = [
-        ("BROKER__SERVER__PORT", "0"),
-        ("BROKER__SERVER__WORKERS", "2"),
-        ("BROKER_CONFIG_DIR", "/nonexistent"),
-        ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "500"),
-        ("REDIS_COMMAND_TIMEOUT", "1000"),
+    let mut extra = vec![
+        ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "500".to_string()),
+        ("REDIS_COMMAND_TIMEOUT", "1000".to_string()),
         // These tests measure the Redis path itself (error windows, 503s);
         // the memory fallback is tested in tests/fallback.
-        ("BROKER__STORAGE__FALLBACK", "false"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    env
+        ("BROKER__STORAGE__FALLBACK", "false".to_string()),
+    ];
+    extra.extend(pairs.iter().cloned());
+    harness::broker_env(&extra)
 }
 
 /// One write and how it ended.

@@ -15,19 +15,13 @@ use harness::{RedisProc, SentinelSet, Single};
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = [
-        ("BROKER__SERVER__PORT", "0"),
-        ("BROKER__SERVER__WORKERS", "2"),
-        ("BROKER_CONFIG_DIR", "/nonexistent"),
-        ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "200"),
-        ("REDIS_COMMAND_TIMEOUT", "500"),
-        ("REDIS_CONNECT_TIMEOUT", "500"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    env.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.clone())));
-    env
+    let mut extra = vec![
+        ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "200".to_string()),
+        ("REDIS_COMMAND_TIMEOUT", "500".to_string()),
+        ("REDIS_CONNECT_TIMEOUT", "500".to_string()),
+    ];
+    extra.extend(pairs.iter().cloned());
+    harness::broker_env(&extra)
 }
 
 /// A broker under test and a client for it.

@@ -595,6 +595,21 @@ pub fn shared_sentinel() -> &'static SentinelSet {
     S.get_or_init(SentinelSet::start)
 }
 
+/// The environment of a test broker: random port, two workers, no config
+/// files from the working directory, then `extra`.
+pub fn broker_env(extra: &[(&str, String)]) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("BROKER__SERVER__PORT", "0"),
+        ("BROKER__SERVER__WORKERS", "2"),
+        ("BROKER_CONFIG_DIR", "/nonexistent"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+    env
+}
+
 /// Builds the real app from `env` (as if it were the process environment)
 /// and serves it on a random loopback port; returns its base URL.
 pub async fn spawn_broker(env: &[(String, String)]) -> String {
