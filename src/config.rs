@@ -140,6 +140,7 @@ pub struct LimitSettings {
 pub struct StorageSettings {
     pub fallback: bool,
     pub sweep_interval_ms: u64,
+    pub journal_path: String,
 }
 
 /// How Redis is deployed.

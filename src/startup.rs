@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::net::TcpListener;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use crate::migration::DomainReconcile;
 use crate::routes;
 use crate::sessions::SessionService;
 use crate::state::{AppState, FieldLimits};
-use crate::store::{FallbackStore, MemoryStore, RedisStore, Store};
+use crate::store::{DiskJournal, FallbackStore, MemoryStore, RedisStore, Store};
 use crate::telemetry;
 use crate::tokens::{KeyError, SigningKeys, TokenService};
 
@@ -28,6 +29,11 @@ use crate::tokens::{KeyError, SigningKeys, TokenService};
 pub enum StartupError {
     #[error(transparent)]
     Keys(#[from] KeyError),
+    #[error("cannot open the fallback journal {path}: {source}")]
+    Journal {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         addr: String,
@@ -61,7 +67,7 @@ impl Application {
             );
             warnings.push("development_token_secret");
         }
-        let store = build_store(&settings).await;
+        let store = build_store(&settings).await?;
 
         let limits = FieldLimits {
             token_max_ttl: settings.tokens.max_ttl_seconds,
@@ -150,11 +156,11 @@ impl Application {
     }
 }
 
-async fn build_store(settings: &Settings) -> Arc<dyn Store> {
+async fn build_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupError> {
     let memory = || MemoryStore::new(Duration::from_millis(settings.storage.sweep_interval_ms));
     if !settings.redis.is_configured() {
         tracing::info!(storage = "memory", "using in-memory storage");
-        return Arc::new(memory());
+        return Ok(Arc::new(memory()));
     }
     tracing::info!(
         storage = "redis",
@@ -164,12 +170,23 @@ async fn build_store(settings: &Settings) -> Arc<dyn Store> {
     );
     let redis = RedisStore::connect(settings.redis.clone()).await;
     if !settings.storage.fallback {
-        return Arc::new(redis);
+        return Ok(Arc::new(redis));
     }
     let reconcile = DomainReconcile {
         leeway_seconds: settings.tokens.leeway_seconds,
     };
-    Arc::new(FallbackStore::new(redis, memory(), Arc::new(reconcile)))
+    let journal =
+        match settings.storage.journal_path.as_str() {
+            "" => None,
+            path => Some(DiskJournal::open(Path::new(path)).map_err(|source| {
+                StartupError::Journal {
+                    path: path.to_string(),
+                    source,
+                }
+            })?),
+        };
+    let store = FallbackStore::new(redis, memory(), Arc::new(reconcile), journal).await;
+    Ok(Arc::new(store))
 }
 
 fn http_server(

@@ -20,7 +20,8 @@ use rand::Rng as _;
 use tokio::sync::{watch, Notify, RwLock};
 
 use super::{
-    Key, KeyKind, MemoryStore, Migrated, RedisStore, StorageKind, Store, StoreResult, StoreStatus,
+    DiskJournal, Key, KeyKind, MemoryStore, Migrated, Record, RedisStore, StorageKind, Store,
+    StoreError, StoreResult, StoreStatus,
 };
 use crate::clock::unix_now;
 
@@ -74,6 +75,8 @@ struct Inner {
     journal: Mutex<Journal>,
     migrated: Mutex<Migrated>,
     entered_fallback: Arc<Notify>,
+    /// The outage's writes on disk, when `storage.journal_path` is set.
+    disk: Option<DiskJournal>,
 }
 
 fn now_ms() -> u64 {
@@ -84,10 +87,19 @@ fn now_ms() -> u64 {
 
 impl FallbackStore {
     /// Wraps a connected (or not yet connected) Redis store. If Redis is
-    /// not reachable now, the store starts in fallback and migrates once
-    /// Redis appears.
-    pub fn new(redis: RedisStore, memory: MemoryStore, reconcile: Arc<dyn Reconcile>) -> Self {
+    /// not reachable now, or an earlier run left writes in the disk
+    /// journal, the store starts in fallback and migrates once Redis answers.
+    pub async fn new(
+        redis: RedisStore,
+        memory: MemoryStore,
+        reconcile: Arc<dyn Reconcile>,
+        disk: Option<(DiskJournal, Vec<Record>)>,
+    ) -> Self {
         let connected = redis.watch_connected();
+        let (disk, earlier) = match disk {
+            Some((journal, records)) => (Some(journal), records),
+            None => (None, Vec::new()),
+        };
         let store = Self {
             inner: Arc::new(Inner {
                 redis,
@@ -99,8 +111,20 @@ impl FallbackStore {
                 journal: Mutex::new(Journal::default()),
                 migrated: Mutex::new(Migrated::default()),
                 entered_fallback: Arc::new(Notify::new()),
+                disk,
             }),
         };
+        if !earlier.is_empty() {
+            let count = earlier.len();
+            store.inner.load(earlier).await;
+            tracing::warn!(
+                records = count,
+                "journal of an earlier run found: replaying it"
+            );
+            store
+                .inner
+                .enter_fallback("replaying the journal of an earlier run".into());
+        }
         if !store.inner.redis.is_connected() {
             store
                 .inner
@@ -144,13 +168,69 @@ impl Inner {
         self.entered_fallback.notify_one();
     }
 
-    fn journal(&self, key: &Key, change: Change) {
+    /// Records a fallback write for replay, on disk first when configured.
+    fn journal(&self, key: &Key, change: Change) -> StoreResult<()> {
+        if let Some(disk) = &self.disk {
+            let record = match change {
+                Change::Put => self
+                    .memory
+                    .entry(key)
+                    .map(|(value, remaining)| Record::Put {
+                        key: key.as_str().to_string(),
+                        value,
+                        expires_at_ms: now_ms() + remaining.as_millis() as u64,
+                    }),
+                Change::Delete { at_ms } => Some(Record::Delete {
+                    key: key.as_str().to_string(),
+                    at_ms,
+                }),
+            };
+            if let Some(record) = record {
+                disk.append(&record).map_err(|e| {
+                    tracing::error!(error = %e, path = %disk.path().display(), "cannot write the fallback journal");
+                    StoreError::Unavailable(format!("fallback journal not writable: {e}"))
+                })?;
+            }
+        }
+        self.queue(key, change);
+        Ok(())
+    }
+
+    /// Queues a change for the next replay.
+    fn queue(&self, key: &Key, change: Change) {
         let mut journal = self.lock_journal();
         journal.next_seq += 1;
         let seq = journal.next_seq;
         journal
             .changes
             .insert(key.as_str().to_string(), (change, seq));
+    }
+
+    /// Puts an earlier run's journal back into memory and the replay queue
+    /// (later records override earlier ones, as they did when written).
+    async fn load(&self, records: Vec<Record>) {
+        let now = now_ms();
+        for record in records {
+            match record {
+                Record::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => {
+                    let key = Key::from_stored(key);
+                    if expires_at_ms > now {
+                        let ttl = Duration::from_millis(expires_at_ms - now);
+                        let _ = self.memory.set(&key, &value, ttl).await;
+                        self.queue(&key, Change::Put);
+                    }
+                }
+                Record::Delete { key, at_ms } => {
+                    let key = Key::from_stored(key);
+                    let _ = self.memory.delete(&key).await;
+                    self.queue(&key, Change::Delete { at_ms });
+                }
+            }
+        }
     }
 
     /// Replays every journaled change into Redis; stops at the first Redis
@@ -262,6 +342,12 @@ impl Inner {
         };
         self.memory.clear();
         self.lock_journal().changes.clear();
+        if let Some(disk) = &self.disk {
+            if let Err(e) = disk.clear() {
+                // Harmless: the next start replays it again, idempotently.
+                tracing::error!(error = %e, "cannot empty the fallback journal");
+            }
+        }
         *self.migrated.lock().unwrap_or_else(|p| p.into_inner()) = migrated;
         let outage = self.lock_outage().take();
         self.in_fallback.store(false, Ordering::SeqCst);
@@ -342,8 +428,7 @@ impl Store for FallbackStore {
             return Ok(v);
         }
         self.inner.memory.set(key, value, ttl).await?;
-        self.inner.journal(key, Change::Put);
-        Ok(())
+        self.inner.journal(key, Change::Put)
     }
 
     async fn set_if_absent(&self, key: &Key, value: &str, ttl: Duration) -> StoreResult<bool> {
@@ -353,7 +438,7 @@ impl Store for FallbackStore {
         }
         let written = self.inner.memory.set_if_absent(key, value, ttl).await?;
         if written {
-            self.inner.journal(key, Change::Put);
+            self.inner.journal(key, Change::Put)?;
         }
         Ok(written)
     }
@@ -390,7 +475,7 @@ impl Store for FallbackStore {
                 Some(_) => Change::Put,
                 None => Change::Delete { at_ms: now_ms() },
             };
-            self.inner.journal(key, change);
+            self.inner.journal(key, change)?;
         }
         Ok(swapped)
     }
@@ -402,7 +487,8 @@ impl Store for FallbackStore {
         }
         let deleted = self.inner.memory.delete(key).await?;
         // A tombstone even when memory had nothing: Redis may hold it.
-        self.inner.journal(key, Change::Delete { at_ms: now_ms() });
+        self.inner
+            .journal(key, Change::Delete { at_ms: now_ms() })?;
         Ok(deleted)
     }
 
@@ -412,7 +498,7 @@ impl Store for FallbackStore {
             return Ok(v);
         }
         let value = self.inner.memory.increment(key, ttl).await?;
-        self.inner.journal(key, Change::Put);
+        self.inner.journal(key, Change::Put)?;
         Ok(value)
     }
 

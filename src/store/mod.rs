@@ -4,6 +4,7 @@
 //! handful of atomic operations that map one-to-one onto Redis commands.
 
 pub mod fallback;
+pub mod journal;
 pub mod keys;
 pub mod memory;
 pub mod redis;
@@ -14,6 +15,7 @@ use async_trait::async_trait;
 use serde::Serialize;
 
 pub use fallback::{FallbackStore, Reconcile};
+pub use journal::{DiskJournal, Record};
 pub use keys::{Key, KeyKind};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;

@@ -492,3 +492,99 @@ async fn an_interrupted_replay_repeated_leaves_the_same_data() {
     assert_eq!(dbsize, N, "nothing else was written");
     println!("interrupted replay: {stored_at_pause} of {N} keys written before the pause; all {N} correct after the repeat");
 }
+
+/// With a disk journal, an instance killed mid-replay replays again when it
+/// starts, and the result is the same as an uninterrupted replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_killed_mid_replay_replays_its_journal_after_restart() {
+    let _serial = SERIAL.lock().await;
+    let mut single = blocking(Single::start).await;
+    let workdir = tempfile::tempdir().unwrap();
+    let journal = workdir.path().join("journal.jsonl");
+    let url = single.url();
+    let journal_env = journal.to_str().unwrap().to_string();
+    let env: Vec<(&str, &str)> = vec![
+        ("PORT", "0"),
+        ("REDIS_URL", &url),
+        ("REDIS_COMMAND_TIMEOUT", "300"),
+        ("REDIS_CONNECT_TIMEOUT", "300"),
+        ("BROKER__STORAGE__JOURNAL_PATH", &journal_env),
+        ("RUST_LOG", "info"),
+    ];
+    single.node.kill();
+    let first = harness::process::start(&env, workdir.path());
+    let broker = Arc::new(Broker {
+        base: format!("http://127.0.0.1:{}", first.port),
+        client: reqwest::Client::new(),
+    });
+
+    const N: usize = 4000;
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let broker = broker.clone();
+        tasks.spawn(async move {
+            let mut issued = Vec::new();
+            for i in (worker..N).step_by(16) {
+                let id = format!("k{i}");
+                issued.push((id.clone(), broker.issue(&id, 600).await));
+            }
+            issued
+        });
+    }
+    let mut issued = Vec::new();
+    while let Some(part) = tasks.join_next().await {
+        issued.extend(part.unwrap());
+    }
+
+    // Redis returns; the instance is SIGKILLed as soon as the replay began.
+    let (mut single, at_kill) = blocking(move || {
+        single.node.restart();
+        let mut seen = 0;
+        harness::wait_for("replay to start", Duration::from_secs(20), || {
+            seen = single.node.cli(&["DBSIZE"]).trim().parse().unwrap_or(0);
+            seen > 0
+        });
+        drop(first); // SIGKILL (the process handle kills on drop)
+        (single, seen)
+    })
+    .await;
+    let after_kill: usize = single.node.cli(&["DBSIZE"]).trim().parse().unwrap();
+    assert!(
+        after_kill < N,
+        "the replay finished before the kill ({after_kill} keys)"
+    );
+
+    // The restarted instance finds the journal and finishes the job.
+    let second = harness::process::start(&env, workdir.path());
+    let broker = Broker {
+        base: format!("http://127.0.0.1:{}", second.port),
+        client: reqwest::Client::new(),
+    };
+    broker.wait_back_on_redis().await;
+    let journal_left = std::fs::metadata(&journal).unwrap().len();
+    assert_eq!(journal_left, 0, "journal emptied after the replay");
+
+    let values = blocking(move || {
+        let keys: Vec<String> = (0..N).map(|i| format!("rtc:token:k{i}")).collect();
+        let mut values = Vec::new();
+        for chunk in keys.chunks(500) {
+            let mut args = vec!["MGET"];
+            args.extend(chunk.iter().map(String::as_str));
+            values.extend(single.node.cli(&args).lines().map(|l| l.trim().to_string()));
+        }
+        single.node.kill();
+        values
+    })
+    .await;
+    issued.sort_by_key(|(id, _)| id[1..].parse::<usize>().unwrap());
+    for ((id, token), stored) in issued.iter().zip(&values) {
+        assert_eq!(
+            stored, token,
+            "token {id} wrong after the interrupted replay"
+        );
+    }
+    println!(
+        "killed mid-replay: {at_kill} of {N} keys in Redis at the kill ({after_kill} after); \
+         the restarted instance replayed the journal, all {N} correct"
+    );
+}

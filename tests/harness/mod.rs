@@ -9,6 +9,8 @@
 
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::collections::HashSet;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
