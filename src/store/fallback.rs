@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use futures_util::StreamExt as _;
 use rand::Rng as _;
 use tokio::sync::{watch, Notify, RwLock};
 
@@ -74,10 +75,16 @@ struct Inner {
     outage: Mutex<Option<Outage>>,
     journal: Mutex<Journal>,
     migrated: Mutex<Migrated>,
+    /// What this outage's replay attempts have moved so far.
+    moved: Mutex<Migrated>,
     entered_fallback: Arc<Notify>,
     /// The outage's writes on disk, when `storage.journal_path` is set.
     disk: Option<DiskJournal>,
 }
+
+/// Keys replayed at once: enough to hide Redis round trips, few enough not
+/// to crowd out live traffic.
+const REPLAY_CONCURRENCY: usize = 32;
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -110,6 +117,7 @@ impl FallbackStore {
                 outage: Mutex::new(None),
                 journal: Mutex::new(Journal::default()),
                 migrated: Mutex::new(Migrated::default()),
+                moved: Mutex::new(Migrated::default()),
                 entered_fallback: Arc::new(Notify::new()),
                 disk,
             }),
@@ -233,29 +241,36 @@ impl Inner {
         }
     }
 
-    /// Replays every journaled change into Redis; stops at the first Redis
-    /// failure, leaving what was not replayed in the journal.
-    async fn replay(&self) -> StoreResult<Migrated> {
+    /// Replays every journaled change into Redis, `REPLAY_CONCURRENCY` keys
+    /// at a time (keys are independent); stops at the first Redis failure,
+    /// leaving what was not replayed in the journal. Counts what moved into
+    /// `moved` (kept across interrupted attempts of one outage).
+    async fn replay(&self, moved: &mut Migrated) -> StoreResult<()> {
         let pending: Vec<(String, Change, u64)> = self
             .lock_journal()
             .changes
             .iter()
             .map(|(k, (c, seq))| (k.clone(), *c, *seq))
             .collect();
-        let mut migrated = Migrated::default();
-        for (name, change, seq) in pending {
-            let key = Key::from_stored(name);
-            let moved = match change {
-                Change::Put => self.replay_put(&key).await?,
-                Change::Delete { at_ms } => {
-                    self.replay_delete(&key, at_ms).await?;
-                    false
-                }
-            };
-            if moved {
+        let mut results = futures_util::stream::iter(pending)
+            .map(|(name, change, seq)| async move {
+                let key = Key::from_stored(name);
+                let moved = match change {
+                    Change::Put => self.replay_put(&key).await?,
+                    Change::Delete { at_ms } => {
+                        self.replay_delete(&key, at_ms).await?;
+                        false
+                    }
+                };
+                Ok::<_, StoreError>((key, seq, moved))
+            })
+            .buffer_unordered(REPLAY_CONCURRENCY);
+        while let Some(result) = results.next().await {
+            let (key, seq, was_moved) = result?;
+            if was_moved {
                 match key.kind() {
-                    KeyKind::Token => migrated.tokens += 1,
-                    KeyKind::Session => migrated.sessions += 1,
+                    KeyKind::Token => moved.tokens += 1,
+                    KeyKind::Session => moved.sessions += 1,
                     KeyKind::Revocation | KeyKind::Other => {}
                 }
             }
@@ -269,7 +284,7 @@ impl Inner {
                 journal.changes.remove(key.as_str());
             }
         }
-        Ok(migrated)
+        Ok(())
     }
 
     /// Puts the memory value into Redis unless Redis holds a newer one.
@@ -333,13 +348,14 @@ impl Inner {
     /// memory, then a final pass with the gate held, then the switch.
     async fn try_recover(&self) -> StoreResult<()> {
         let started = Instant::now();
-        let first = self.replay().await?;
+        let mut moved = *self.lock_moved();
+        let first = self.replay(&mut moved).await;
+        *self.lock_moved() = moved;
+        first?;
         let _exclusive = self.gate.write().await;
-        let last = self.replay().await?;
-        let migrated = Migrated {
-            tokens: first.tokens + last.tokens,
-            sessions: first.sessions + last.sessions,
-        };
+        let last = self.replay(&mut moved).await;
+        *self.lock_moved() = moved;
+        last?;
         self.memory.clear();
         self.lock_journal().changes.clear();
         if let Some(disk) = &self.disk {
@@ -348,17 +364,26 @@ impl Inner {
                 tracing::error!(error = %e, "cannot empty the fallback journal");
             }
         }
+        let migrated = Migrated {
+            replay_ms: started.elapsed().as_millis() as u64,
+            ..moved
+        };
         *self.migrated.lock().unwrap_or_else(|p| p.into_inner()) = migrated;
+        *self.lock_moved() = Migrated::default();
         let outage = self.lock_outage().take();
         self.in_fallback.store(false, Ordering::SeqCst);
         tracing::warn!(
             tokens = migrated.tokens,
             sessions = migrated.sessions,
-            replay_ms = started.elapsed().as_millis() as u64,
+            replay_ms = migrated.replay_ms,
             outage_since = outage.map(|o| o.since),
             "Redis is back: replayed the outage's writes, serving from Redis again"
         );
         Ok(())
+    }
+
+    fn lock_moved(&self) -> MutexGuard<'_, Migrated> {
+        self.moved.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 

@@ -111,4 +111,6 @@ pub struct StoreStatus {
 pub struct Migrated {
     pub tokens: u64,
     pub sessions: u64,
+    /// How long the last replay took, from Redis answering to the switch.
+    pub replay_ms: u64,
 }

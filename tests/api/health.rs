@@ -31,7 +31,10 @@ async fn health_reports_memory_storage() {
     assert_eq!(s["connected"], false);
     assert_eq!(s["fallback_reason"], serde_json::Value::Null);
     assert!(s["since"].as_u64().is_some());
-    assert_eq!(s["migrated"], json!({"tokens": 0, "sessions": 0}));
+    assert_eq!(
+        s["migrated"],
+        json!({"tokens": 0, "sessions": 0, "replay_ms": 0})
+    );
 }
 
 #[tokio::test]

@@ -463,7 +463,11 @@ async fn an_interrupted_replay_repeated_leaves_the_same_data() {
         "replay cannot have finished"
     );
     single.node.resume();
-    broker.wait_back_on_redis().await;
+    let status = broker.wait_back_on_redis().await;
+    println!(
+        "repeated replay: {} tokens in {} ms",
+        status["migrated"]["tokens"], status["migrated"]["replay_ms"]
+    );
 
     // Every acknowledged token is in Redis exactly once, with its value.
     let values = blocking(move || {
