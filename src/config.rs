@@ -42,6 +42,10 @@ const LEGACY_ENV: &[(&str, &str, bool)] = &[
     ("API_KEYS", "auth.api_keys", true),
 ];
 
+/// Largest verification leeway accepted: it covers clock skew between
+/// hosts, not a grace period after expiry.
+const MAX_LEEWAY_SECONDS: u64 = 300;
+
 /// Keys whose `BROKER__` environment value is a comma-separated list.
 const LIST_KEYS: &[&str] = &[
     "redis.cluster_nodes",
@@ -278,6 +282,7 @@ pub struct TokenSettings {
 pub struct SessionSettings {
     pub default_ttl_seconds: u64,
     pub max_ttl_seconds: u64,
+    pub max_members: usize,
 }
 
 /// Who may call management endpoints.
@@ -457,6 +462,15 @@ impl Settings {
             self.sessions.default_ttl_seconds,
             self.sessions.max_ttl_seconds,
         )?;
+        if self.tokens.leeway_seconds > MAX_LEEWAY_SECONDS {
+            return Err(invalid(
+                "tokens.leeway_seconds",
+                format!("at most {MAX_LEEWAY_SECONDS} (clock skew, not a grace period)"),
+            ));
+        }
+        if self.sessions.max_members == 0 {
+            return Err(invalid("sessions.max_members", "must be at least 1"));
+        }
         if self.tokens.issuer.is_empty() {
             return Err(invalid("tokens.issuer", "must not be empty"));
         }
@@ -623,6 +637,10 @@ mod tests {
                 "auth.api_keys",
             ),
             (vec![("BROKER__TOKENS__DEFAULT_TTL_SECONDS", "0")], "tokens"),
+            (
+                vec![("BROKER__TOKENS__LEEWAY_SECONDS", "3600")],
+                "tokens.leeway_seconds",
+            ),
         ] {
             let err = load(&pairs).expect_err(needle).to_string();
             assert!(err.contains(needle), "{pairs:?}: {err}");

@@ -82,6 +82,7 @@ impl ApiError {
             Self::Session(S::MemberExists) => ("member_exists", C::CONFLICT),
             Self::Session(S::MemberNotFound) => ("member_not_found", C::NOT_FOUND),
             Self::Session(S::TooLarge(_)) => ("payload_too_large", C::PAYLOAD_TOO_LARGE),
+            Self::Session(S::Full(_)) => ("session_full", C::CONFLICT),
             Self::Store(_)
             | Self::Token(T::Store(_))
             | Self::Session(S::Store(_))

@@ -64,9 +64,13 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
 }
 
 fn is_json_content_type(value: &str) -> bool {
-    let mime = value.split(';').next().unwrap_or("").trim();
-    mime.eq_ignore_ascii_case("application/json")
-        || (mime.len() > 5 && mime[mime.len() - 5..].eq_ignore_ascii_case("+json"))
+    let mime = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.len() > 5 && mime.ends_with("+json"))
 }
 
 /// Reads at most `limit` bytes; past it keeps draining up to

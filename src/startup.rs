@@ -88,6 +88,7 @@ impl Application {
                 store.clone(),
                 session_ttl,
                 settings.limits.json_body_bytes,
+                settings.sessions.max_members,
             ),
             store,
             lifecycle: Arc::new(Lifecycle::new(settings.server.server_id.clone())),

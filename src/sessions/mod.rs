@@ -22,6 +22,8 @@ pub enum SessionError {
     MemberNotFound,
     #[error("session metadata would exceed {0} bytes")]
     TooLarge(usize),
+    #[error("this session already has the maximum of {0} members")]
+    Full(usize),
     /// Too many concurrent writers on one record; the caller may retry.
     #[error("session is being updated concurrently, retry")]
     Contended,

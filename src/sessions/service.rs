@@ -39,14 +39,21 @@ pub struct SessionService {
     store: Arc<dyn Store>,
     default_ttl: Ttl,
     max_metadata_bytes: usize,
+    max_members: usize,
 }
 
 impl SessionService {
-    pub fn new(store: Arc<dyn Store>, default_ttl: Ttl, max_metadata_bytes: usize) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        default_ttl: Ttl,
+        max_metadata_bytes: usize,
+        max_members: usize,
+    ) -> Self {
         Self {
             store,
             default_ttl,
             max_metadata_bytes,
+            max_members,
         }
     }
 
@@ -107,6 +114,9 @@ impl SessionService {
                 .any(|m| m.member_id == member.member_id)
             {
                 return Err(SessionError::MemberExists);
+            }
+            if record.members.len() >= self.max_members {
+                return Err(SessionError::Full(self.max_members));
             }
             record.members.push(Member {
                 member_id: member.member_id.clone(),

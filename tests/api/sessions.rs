@@ -239,6 +239,30 @@ async fn every_write_slides_the_ttl(backend: Backend) {
     );
 }
 
+#[tokio::test]
+async fn a_full_session_refuses_more_members() {
+    let app =
+        crate::helpers::spawn_app_with(Backend::Memory, &[("BROKER__SESSIONS__MAX_MEMBERS", "2")])
+            .await;
+    app.post_json("/api/sessions", &json!({"session_id": "small"}))
+        .await;
+    for m in ["a", "b"] {
+        let (status, _) = app
+            .post_json("/api/sessions/small/members", &json!({"member_id": m}))
+            .await;
+        assert_eq!(status, 201);
+    }
+    let (status, body) = app
+        .post_json("/api/sessions/small/members", &json!({"member_id": "c"}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("session_full"))
+    );
+    let (_, record) = app.get("/api/sessions/small").await;
+    assert_eq!(record["members"].as_array().unwrap().len(), 2);
+}
+
 crate::on_every_backend!(
     create_get_and_conflict,
     patch_merges_shallowly,
