@@ -409,6 +409,55 @@ async fn without_fallback_writes_get_503_and_the_broker_is_not_ready() {
     assert!(recovered, "not ready again after Redis returned");
 }
 
+/// Issues `n` tokens (`<prefix><i>`) from 16 concurrent clients; returns
+/// each session id with the token the broker acknowledged.
+async fn issue_many(broker: &Arc<Broker>, prefix: &'static str, n: usize) -> Vec<(String, String)> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for worker in 0..16 {
+        let broker = broker.clone();
+        tasks.spawn(async move {
+            let mut issued = Vec::new();
+            for i in (worker..n).step_by(16) {
+                let id = format!("{prefix}{i}");
+                issued.push((id.clone(), broker.issue(&id, 600).await));
+            }
+            issued
+        });
+    }
+    let mut issued = Vec::new();
+    while let Some(part) = tasks.join_next().await {
+        issued.extend(part.expect("writer task"));
+    }
+    assert_eq!(issued.len(), n);
+    issued
+}
+
+/// Checks with a plain Redis client that every acknowledged token is
+/// stored with exactly the acknowledged value.
+async fn assert_all_stored(single: Single, issued: Vec<(String, String)>) {
+    blocking(move || {
+        for chunk in issued.chunks(500) {
+            let keys: Vec<String> = chunk
+                .iter()
+                .map(|(id, _)| format!("rtc:token:{id}"))
+                .collect();
+            let mut args = vec!["MGET"];
+            args.extend(keys.iter().map(String::as_str));
+            let stored: Vec<String> = single
+                .node
+                .cli(&args)
+                .lines()
+                .map(|l| l.trim().to_string())
+                .collect();
+            assert_eq!(stored.len(), chunk.len());
+            for ((id, token), stored) in chunk.iter().zip(&stored) {
+                assert_eq!(stored, token, "token {id} differs after the replay");
+            }
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_replay_repeated_leaves_the_same_data() {
     let _serial = SERIAL.lock().await;
@@ -419,22 +468,7 @@ async fn an_interrupted_replay_repeated_leaves_the_same_data() {
 
     // Enough outage writes that the replay takes a while.
     const N: usize = 4000;
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..16 {
-        let broker = broker.clone();
-        tasks.spawn(async move {
-            let mut issued = Vec::new();
-            for i in (worker..N).step_by(16) {
-                let id = format!("r{i}");
-                issued.push((id.clone(), broker.issue(&id, 600).await));
-            }
-            issued
-        });
-    }
-    let mut issued = Vec::new();
-    while let Some(part) = tasks.join_next().await {
-        issued.extend(part.unwrap());
-    }
+    let issued = issue_many(&broker, "r", N).await;
     assert_eq!(issued.len(), N);
 
     // Restart Redis and hang it as soon as the replay has written something.
@@ -470,30 +504,9 @@ async fn an_interrupted_replay_repeated_leaves_the_same_data() {
     );
 
     // Every acknowledged token is in Redis exactly once, with its value.
-    let values = blocking(move || {
-        let node = &single.node;
-        let keys: Vec<String> = (0..N).map(|i| format!("rtc:token:r{i}")).collect();
-        let mut values = Vec::new();
-        for chunk in keys.chunks(500) {
-            let mut args = vec!["MGET"];
-            args.extend(chunk.iter().map(String::as_str));
-            values.extend(node.cli(&args).lines().map(|l| l.trim().to_string()));
-        }
-        let dbsize: usize = node.cli(&["DBSIZE"]).trim().parse().unwrap();
-        (values, dbsize)
-    })
-    .await;
-    let (values, dbsize) = values;
-    let mut expected: Vec<(String, String)> = issued;
-    expected.sort_by_key(|(id, _)| id[1..].parse::<usize>().unwrap());
-    assert_eq!(values.len(), N);
-    for ((id, token), stored) in expected.iter().zip(&values) {
-        assert_eq!(
-            stored, token,
-            "token {id} differs after the repeated replay"
-        );
-    }
+    let dbsize: usize = single.node.cli(&["DBSIZE"]).trim().parse().unwrap();
     assert_eq!(dbsize, N, "nothing else was written");
+    assert_all_stored(single, issued).await;
     println!("interrupted replay: {stored_at_pause} of {N} keys written before the pause; all {N} correct after the repeat");
 }
 
@@ -523,25 +536,10 @@ async fn an_instance_killed_mid_replay_replays_its_journal_after_restart() {
     });
 
     const N: usize = 4000;
-    let mut tasks = tokio::task::JoinSet::new();
-    for worker in 0..16 {
-        let broker = broker.clone();
-        tasks.spawn(async move {
-            let mut issued = Vec::new();
-            for i in (worker..N).step_by(16) {
-                let id = format!("k{i}");
-                issued.push((id.clone(), broker.issue(&id, 600).await));
-            }
-            issued
-        });
-    }
-    let mut issued = Vec::new();
-    while let Some(part) = tasks.join_next().await {
-        issued.extend(part.unwrap());
-    }
+    let issued = issue_many(&broker, "k", N).await;
 
     // Redis returns; the instance is SIGKILLed as soon as the replay began.
-    let (mut single, at_kill) = blocking(move || {
+    let (single, at_kill) = blocking(move || {
         single.node.restart();
         let mut seen = 0;
         harness::wait_for("replay to start", Duration::from_secs(20), || {
@@ -568,25 +566,7 @@ async fn an_instance_killed_mid_replay_replays_its_journal_after_restart() {
     let journal_left = std::fs::metadata(&journal).unwrap().len();
     assert_eq!(journal_left, 0, "journal emptied after the replay");
 
-    let values = blocking(move || {
-        let keys: Vec<String> = (0..N).map(|i| format!("rtc:token:k{i}")).collect();
-        let mut values = Vec::new();
-        for chunk in keys.chunks(500) {
-            let mut args = vec!["MGET"];
-            args.extend(chunk.iter().map(String::as_str));
-            values.extend(single.node.cli(&args).lines().map(|l| l.trim().to_string()));
-        }
-        single.node.kill();
-        values
-    })
-    .await;
-    issued.sort_by_key(|(id, _)| id[1..].parse::<usize>().unwrap());
-    for ((id, token), stored) in issued.iter().zip(&values) {
-        assert_eq!(
-            stored, token,
-            "token {id} wrong after the interrupted replay"
-        );
-    }
+    assert_all_stored(single, issued).await;
     println!(
         "killed mid-replay: {at_kill} of {N} keys in Redis at the kill ({after_kill} after); \
          the restarted instance replayed the journal, all {N} correct"
