@@ -572,3 +572,25 @@ async fn an_instance_killed_mid_replay_replays_its_journal_after_restart() {
          the restarted instance replayed the journal, all {N} correct"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_waits_at_most_the_connect_timeout_when_no_sentinel_answers() {
+    let _serial = SERIAL.lock().await;
+    let dead: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", harness::free_port()))
+        .collect();
+    let env = env(&[
+        ("REDIS_MODE", "sentinel".into()),
+        ("REDIS_SENTINELS", dead.join(",")),
+        ("REDIS_SENTINEL_NAME", "mymaster".into()),
+    ]);
+    let started = Instant::now();
+    let broker = Broker::start(&env).await;
+    let took = started.elapsed();
+    // Connect timeout 500 ms; the margin is for a loaded machine.
+    assert!(took < Duration::from_millis(2500), "start-up took {took:?}");
+    let status = broker.storage().await;
+    assert_eq!(status["storage"], "memory", "{status}");
+    assert_eq!(status["mode"], "sentinel");
+    broker.issue("served", 30).await;
+}

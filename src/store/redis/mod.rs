@@ -98,15 +98,19 @@ impl RedisStore {
         if settings.mode == RedisMode::Sentinel {
             sentinel::spawn_switch_listeners(&settings, switch_tx);
         }
-        let deadline = Instant::now() + settings.connect_timeout();
-        shared.check(None).await;
         let store = Self { shared };
-        // A sentinel set can need a moment to name a master; keep trying
-        // within the connect timeout before serving.
-        while !store.is_connected() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            store.shared.check(None).await;
-        }
+        // Keep trying (a sentinel set can need a moment to name a master),
+        // but never wait longer than the connect timeout in all.
+        let first_connection = async {
+            loop {
+                store.shared.check(None).await;
+                if store.is_connected() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let _ = tokio::time::timeout(settings.connect_timeout(), first_connection).await;
         if store.is_connected() {
             tracing::info!(mode = settings.mode.as_str(), "connected to Redis");
         } else {
