@@ -169,6 +169,38 @@ async fn password_db_and_prefix_are_honoured() {
     assert_eq!((in_db3.trim(), in_db0.trim()), ("1", "0"));
 }
 
+/// A record this broker cannot read (written by something else) is a 500
+/// `internal_error` in JSON, never a panic or a dropped connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_stored_record_is_a_json_internal_error() {
+    let app = spawn_app(Backend::Single).await;
+    let key = format!("{}session:{{broken}}", app.prefix);
+    let node_reply = tokio::task::spawn_blocking(move || {
+        harness::shared_single()
+            .node
+            .cli(&["SET", &key, "not json", "EX", "60"])
+    })
+    .await
+    .unwrap();
+    assert_eq!(node_reply.trim(), "OK");
+    let (status, body) = app.get("/api/sessions/broken").await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (500, Some("internal_error")),
+        "{body}"
+    );
+    let (status, body) = app
+        .post_json("/api/sessions/broken/members", &json!({"member_id": "m"}))
+        .await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (500, Some("internal_error")),
+        "{body}"
+    );
+    // The broker keeps serving.
+    assert_eq!(app.get("/health/live").await.0, 200);
+}
+
 crate::on_every_redis_mode!(
     two_instances_share_tokens_sessions_and_revocations,
     redis_keys_follow_the_contract,
