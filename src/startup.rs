@@ -12,7 +12,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::auth::ApiKeys;
-use crate::config::Settings;
+use crate::config::{Settings, SettingsError};
 use crate::domain::Ttl;
 use crate::extract::JsonLimits;
 use crate::health::Lifecycle;
@@ -27,6 +27,8 @@ use crate::tokens::{KeyError, SigningKeys, TokenService};
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
     #[error(transparent)]
     Keys(#[from] KeyError),
     #[error("cannot open the fallback journal {path}: {source}")]
@@ -44,7 +46,7 @@ pub enum StartupError {
 impl StartupError {
     /// True for errors caused by configuration (exit status 2).
     pub fn is_configuration(&self) -> bool {
-        matches!(self, Self::Keys(_))
+        matches!(self, Self::Settings(_) | Self::Keys(_))
     }
 }
 
@@ -78,7 +80,7 @@ impl Application {
             settings.sessions.default_ttl_seconds,
             settings.sessions.max_ttl_seconds,
         )
-        .map_err(|e| KeyError {
+        .map_err(|e| SettingsError::Invalid {
             key: "sessions.default_ttl_seconds",
             reason: e.to_string(),
         })?;
