@@ -24,6 +24,19 @@ pub enum Op<'a> {
     },
 }
 
+impl Op<'_> {
+    /// The command name, for the per-operation tracing span.
+    pub fn name(&self) -> String {
+        match self {
+            Op::Cmd(cmd) => match cmd.args_iter().next() {
+                Some(redis::Arg::Simple(bytes)) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => "?".to_string(),
+            },
+            Op::Script { .. } => "EVALSHA".to_string(),
+        }
+    }
+}
+
 async fn exec<C: ConnectionLike + Send>(conn: &mut C, op: &Op<'_>) -> RedisResult<Value> {
     match op {
         Op::Cmd(cmd) => cmd.query_async(conn).await,

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rand::Rng as _;
+use tracing::Instrument as _;
 use redis::{Script, Value};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -142,8 +143,19 @@ impl RedisStore {
         format!("{}{}", self.shared.settings.key_prefix, key.as_str())
     }
 
+    /// Runs one operation inside a `redis` span (command and mode), so each
+    /// request's log shows the Redis calls it made and how they ended.
     async fn run(&self, op: Op<'_>) -> StoreResult<Value> {
-        self.shared.run(&op).await
+        let span = tracing::debug_span!(
+            "redis",
+            op = %op.name(),
+            mode = self.shared.settings.mode.as_str()
+        );
+        let result = self.shared.run(&op).instrument(span.clone()).await;
+        if let Err(e) = &result {
+            span.in_scope(|| tracing::debug!(error = %e, "Redis operation failed"));
+        }
+        result
     }
 }
 
