@@ -12,6 +12,7 @@ pub enum NotReady {
 }
 
 impl NotReady {
+    /// The `reason` field of a 503 from `/health/ready`.
     pub fn reason(self) -> &'static str {
         match self {
             Self::Starting => "starting",
@@ -33,6 +34,7 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
+    /// Starts in `starting`; `mark_ready` once the listener serves.
     pub fn new(server_id: String) -> Self {
         Self {
             started: Instant::now(),
@@ -41,14 +43,17 @@ impl Lifecycle {
         }
     }
 
+    /// The instance name shown in health and logs.
     pub fn server_id(&self) -> &str {
         &self.server_id
     }
 
+    /// Whole seconds since start, for `/api/health`.
     pub fn uptime_s(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
 
+    /// Called once the server accepts requests; a no-op after shutdown began.
     pub fn mark_ready(&self) {
         let _ = self
             .state
@@ -61,6 +66,7 @@ impl Lifecycle {
         self.state.store(SHUTTING_DOWN, Ordering::SeqCst);
     }
 
+    /// Why `/health/ready` must answer 503, if it must.
     pub fn not_ready(&self) -> Option<NotReady> {
         match self.state.load(Ordering::SeqCst) {
             READY => None,

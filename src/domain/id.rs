@@ -36,6 +36,7 @@ impl Id {
         Self(uuid::Uuid::new_v4().to_string())
     }
 
+    /// The id as it goes into keys, URLs and logs.
     pub fn as_str(&self) -> &str {
         &self.0
     }

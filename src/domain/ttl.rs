@@ -39,10 +39,12 @@ impl Ttl {
         Some(Self(d.as_secs() + u64::from(d.subsec_nanos() > 0)))
     }
 
+    /// Whole seconds, the unit of the wire contract.
     pub fn secs(self) -> u64 {
         self.0
     }
 
+    /// The same lifetime as a `Duration`, for the store.
     pub fn duration(self) -> Duration {
         Duration::from_secs(self.0)
     }

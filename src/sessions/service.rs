@@ -43,6 +43,7 @@ pub struct SessionService {
 }
 
 impl SessionService {
+    /// `max_metadata_bytes` and `max_members` bound how large one record can grow.
     pub fn new(
         store: Arc<dyn Store>,
         default_ttl: Ttl,
@@ -84,6 +85,7 @@ impl SessionService {
         }
     }
 
+    /// The record as stored; no TTL change (only writes slide it).
     pub async fn get(&self, id: &Id) -> Result<SessionRecord, SessionError> {
         let raw = self.read(id).await?;
         decode(&raw)
@@ -102,6 +104,7 @@ impl SessionService {
         .await
     }
 
+    /// Adds a member (409 if present, or if the session is full); slides the TTL.
     pub async fn add_member(
         &self,
         id: &Id,
@@ -135,6 +138,7 @@ impl SessionService {
         .await
     }
 
+    /// Removes a member (404 if absent); slides the TTL.
     pub async fn remove_member(
         &self,
         id: &Id,

@@ -82,6 +82,7 @@ impl DiskJournal {
         file.set_len(0)
     }
 
+    /// Where the journal lives, for error messages.
     pub fn path(&self) -> &Path {
         &self.path
     }

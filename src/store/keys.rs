@@ -11,6 +11,7 @@ use crate::domain::Id;
 pub struct Key(String);
 
 impl Key {
+    /// The key without the backend's prefix.
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -109,6 +109,7 @@ impl MemoryStore {
         self.lock().map.len()
     }
 
+    /// True when nothing is held (expired-but-unswept entries count as held).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

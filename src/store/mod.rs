@@ -31,6 +31,7 @@ pub enum StoreError {
     Timeout(Duration),
 }
 
+/// What every store operation returns.
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The atomic operations every backend provides. Each maps to one Redis

@@ -48,6 +48,7 @@ pub struct TokenService {
 }
 
 impl TokenService {
+    /// Issuer, audience and leeway come from `settings`; the store is shared with sessions.
     pub fn new(keys: Arc<SigningKeys>, store: Arc<dyn Store>, settings: &TokenSettings) -> Self {
         Self {
             keys,

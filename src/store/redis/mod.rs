@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rand::Rng as _;
-use tracing::Instrument as _;
 use redis::{Script, Value};
 use tokio::sync::{mpsc, watch, Notify};
+use tracing::Instrument as _;
 
 use self::connection::{Conn, Op};
 use super::{Key, Migrated, StorageKind, Store, StoreError, StoreResult, StoreStatus};
