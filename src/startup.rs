@@ -154,6 +154,15 @@ impl Application {
             }
         }
         let result = server.await.map_err(std::io::Error::other)?;
+        let pending = self.state.store.status().pending_replay.unwrap_or(0);
+        if pending > 0 {
+            tracing::warn!(
+                pending,
+                "shutting down during a Redis outage: these writes are not in Redis; \
+                 they are replayed at the next start if storage.journal_path is set, \
+                 otherwise they are lost"
+            );
+        }
         tracing::info!("shutdown complete");
         result
     }

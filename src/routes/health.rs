@@ -76,5 +76,6 @@ async fn storage_status(state: web::Data<AppState>) -> HttpResponse {
         "since": status.since,
         "migrated": status.migrated,
         "entries": status.entries,
+        "pending_replay": status.pending_replay,
     }))
 }

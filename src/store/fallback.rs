@@ -539,6 +539,7 @@ impl Store for FallbackStore {
             status.fallback_reason = Some(outage.reason);
             status.since = outage.since;
             status.entries = Some(self.inner.memory.len());
+            status.pending_replay = Some(self.inner.lock_journal().changes.len());
         }
         status
     }

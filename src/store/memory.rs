@@ -230,6 +230,7 @@ impl Store for MemoryStore {
             fallback_reason: None,
             since: self.since,
             entries: Some(self.len()),
+            pending_replay: None,
             migrated: Migrated::default(),
         }
     }

@@ -103,6 +103,8 @@ pub struct StoreStatus {
     pub since: u64,
     /// Entries held in memory (in-memory store only).
     pub entries: Option<usize>,
+    /// Outage writes waiting to be replayed into Redis (fallback only).
+    pub pending_replay: Option<usize>,
     /// What was replayed into Redis after the last outage.
     pub migrated: Migrated,
 }

@@ -146,6 +146,7 @@ async fn outage_writes_reach_redis_after_restart<T: DataNode>(
     let status = a.storage().await;
     assert_eq!(status["storage"], "memory", "{status}");
     assert!(status["fallback_reason"].is_string(), "{status}");
+    assert_eq!(status["pending_replay"], 1, "{status}");
     let (status, _) = a
         .post(
             "/api/sessions",

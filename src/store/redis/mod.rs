@@ -449,6 +449,7 @@ impl Store for RedisStore {
             last_error: health.last_error,
             since: health.since,
             entries: None,
+            pending_replay: None,
             migrated: Migrated::default(),
         }
     }
