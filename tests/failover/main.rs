@@ -35,6 +35,8 @@ fn env(pairs: &[(&str, String)]) -> Vec<(String, String)> {
 #[derive(Debug, Clone)]
 struct Sample {
     at: Instant,
+    /// When the answer (or the failure) came back.
+    done: Instant,
     session_id: String,
     ok: bool,
     error: Option<String>,
@@ -77,6 +79,7 @@ fn spawn_writer(
             };
             samples.push(Sample {
                 at,
+                done: Instant::now(),
                 session_id,
                 ok,
                 error,
@@ -87,11 +90,12 @@ fn spawn_writer(
     })
 }
 
-/// Errors among samples in `[from, to)`, and the first..last error span.
+/// Failed writes sent at or after `from` and answered before `to` (a write
+/// still in flight at `to` may have met whatever happened then).
 fn errors_between(samples: &[Sample], from: Instant, to: Instant) -> Vec<&Sample> {
     samples
         .iter()
-        .filter(|s| s.at >= from && s.at < to && !s.ok)
+        .filter(|s| s.at >= from && s.done < to && !s.ok)
         .collect()
 }
 
@@ -245,9 +249,11 @@ async fn sentinel_failover_and_master_kill_are_followed_without_restart() {
         first_error(&phase2),
     );
     let late1 = errors_between(&samples, promoted1 + SETTLE, killed);
+    let offsets: Vec<Duration> = late1.iter().map(|s| s.at - promoted1).collect();
     assert!(
         late1.is_empty(),
-        "writes failed >2 s after the failover: {late1:?}"
+        "writes failed >2 s after the failover (at {offsets:?} after the promotion; the demoted \
+         master was in sync {synced:?} after it): {late1:?}"
     );
     let late2 = errors_between(&samples, promoted2 + SETTLE, Instant::now());
     assert!(
@@ -277,17 +283,21 @@ async fn sentinel_failover_and_master_kill_are_followed_without_restart() {
         "{status}"
     );
     // Replication is asynchronous: writes the old master acknowledged
-    // between the replica's promotion and the clients' switch are lost
-    // (Redis's own semantics). Outside those windows nothing may be lost.
-    let in_switch_window = |at: Instant| {
-        (at >= triggered && at < promoted1 + SETTLE) || (at >= killed && at < promoted2 + SETTLE)
+    // between the replica's promotion and the clients' switch are lost, and
+    // so may be those a killed master acknowledged within the replication
+    // lag before its death (Redis's own semantics; 500 ms is a generous
+    // bound for that lag on loopback). Outside those windows nothing may be lost.
+    let replication_lag = Duration::from_millis(500);
+    let in_switch_window = |s: &Sample| {
+        (s.at >= triggered && s.at < promoted1 + SETTLE)
+            || (s.done >= killed - replication_lag && s.at < promoted2 + SETTLE)
     };
     let (mut lost_in_window, mut lost_outside) = (0, Vec::new());
     let acknowledged: Vec<&Sample> = samples.iter().filter(|s| s.ok).collect();
     for s in &acknowledged {
         let url = format!("{a}/api/voice/token/{}", s.session_id);
         if get_json(&client, &url).await.0 != 200 {
-            if in_switch_window(s.at) {
+            if in_switch_window(s) {
                 lost_in_window += 1;
             } else {
                 lost_outside.push(s.session_id.clone());
