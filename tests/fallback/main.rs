@@ -70,6 +70,22 @@ impl Broker {
         body["rtc_token"].as_str().unwrap().to_string()
     }
 
+    /// Asserts the call is refused with 503 `storage_unavailable` and a
+    /// `Retry-After` header.
+    async fn assert_storage_unavailable(&self, method: reqwest::Method, path: &str, body: Value) {
+        let res = self
+            .client
+            .request(method, format!("{}{path}", self.base))
+            .json(&body)
+            .send()
+            .await
+            .expect("broker answers");
+        assert_eq!(res.status(), 503, "{path}");
+        assert!(res.headers().contains_key("retry-after"), "{path}");
+        let body: Value = res.json().await.expect("JSON error");
+        assert_eq!(body["error"], "storage_unavailable", "{path}");
+    }
+
     async fn storage(&self) -> Value {
         self.get("/api/storage/status").await.1
     }
@@ -160,17 +176,12 @@ async fn outage_writes_reach_redis_after_restart<T: DataNode>(
     assert_eq!(status, 201);
     a.issue("short", 1).await;
     // A write that needs a record only Redis holds is refused, not invented.
-    let res = a
-        .client
-        .patch(format!("{}/api/sessions/pre", a.base))
-        .json(&json!({"metadata": {"x": 1}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 503);
-    assert!(res.headers().contains_key("retry-after"));
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(body["error"], "storage_unavailable");
+    a.assert_storage_unavailable(
+        reqwest::Method::PATCH,
+        "/api/sessions/pre",
+        json!({"metadata": {"x": 1}}),
+    )
+    .await;
     let (_, health) = a.get("/api/health").await;
     assert_eq!(health["storage"], "memory");
     assert!(health["warnings"]
@@ -370,17 +381,13 @@ async fn without_fallback_writes_get_503_and_the_broker_is_not_ready() {
     let broker = Broker::start(&env).await;
     broker.issue("ok", 60).await;
     single.node.kill();
-    let res = broker
-        .client
-        .post(format!("{}/api/voice/token", broker.base))
-        .json(&json!({"session_id": "x"}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 503);
-    assert!(res.headers().contains_key("retry-after"));
-    let body: Value = res.json().await.unwrap();
-    assert_eq!(body["error"], "storage_unavailable");
+    broker
+        .assert_storage_unavailable(
+            reqwest::Method::POST,
+            "/api/voice/token",
+            json!({"session_id": "x"}),
+        )
+        .await;
     let (status, ready) = broker.get("/health/ready").await;
     assert_eq!(
         (status, ready["ready"].as_bool()),
