@@ -21,9 +21,14 @@ use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument as _;
 
 use self::connection::{Conn, Op};
+use self::sentinel::SentinelEvent;
 use super::{Key, Migrated, StorageKind, Store, StoreError, StoreResult, StoreStatus};
 use crate::clock::unix_now;
 use crate::config::{HostPort, RedisMode, RedisSettings};
+
+/// Longest a sentinel failover may keep writes away from the old master
+/// before the broker assumes it was aborted and asks the sentinels again.
+const FAILOVER_HOLD: Duration = Duration::from_secs(10);
 
 /// Replaces a value only if it still equals the expected one.
 /// KEYS[1]; ARGV: expected, "1" to set / "0" to delete, new value, ttl ms.
@@ -61,6 +66,9 @@ struct Shared {
     health: Mutex<Health>,
     /// Wakes the supervisor early (an error that suggests a failover).
     wake: Arc<Notify>,
+    /// Sentinel mode: the master being failed over, and until when writes
+    /// stay away from it.
+    hold: Mutex<Option<(HostPort, Instant)>>,
     /// Announces every change of `health.connected` (the fallback waits on it).
     connected: watch::Sender<bool>,
     cas: Script,
@@ -91,13 +99,14 @@ impl RedisStore {
                 since: unix_now(),
             }),
             wake: wake.clone(),
+            hold: Mutex::new(None),
             connected: watch::Sender::new(false),
             cas: Script::new(CAS_SCRIPT),
             incr: Script::new(INCR_SCRIPT),
         });
-        let (switch_tx, switch_rx) = mpsc::unbounded_channel();
+        let (event_tx, event_rx) = mpsc::unbounded_channel();
         if settings.mode == RedisMode::Sentinel {
-            sentinel::spawn_switch_listeners(&settings, switch_tx);
+            sentinel::spawn_listeners(&settings, event_tx);
         }
         let store = Self { shared };
         // Keep trying (a sentinel set can need a moment to name a master),
@@ -121,7 +130,7 @@ impl RedisStore {
                 "Redis not reachable at start-up; retrying in the background"
             );
         }
-        tokio::spawn(supervise(Arc::downgrade(&store.shared), wake, switch_rx));
+        tokio::spawn(supervise(Arc::downgrade(&store.shared), wake, event_rx));
         store
     }
 
@@ -281,6 +290,37 @@ impl Shared {
         }
     }
 
+    /// A failover is promoting a replica: stop writing to the old master at
+    /// once (it would acknowledge writes the new master never sees) until
+    /// the new master is known or `FAILOVER_HOLD` passes (an aborted
+    /// failover). Meanwhile calls fail fast, so the fallback serves them.
+    fn hold_writes(&self) {
+        let Some(old) = self.lock_health().master.clone() else {
+            return;
+        };
+        *self.lock_hold() = Some((old.clone(), Instant::now() + FAILOVER_HOLD));
+        self.replace(None);
+        tracing::warn!(master = %old, "sentinel failover started: no more writes to the old master");
+        self.mark_down("failover in progress: waiting for the new master");
+    }
+
+    fn lock_hold(&self) -> std::sync::MutexGuard<'_, Option<(HostPort, Instant)>> {
+        self.hold.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The master writes are held away from, while the hold lasts.
+    fn held_master(&self) -> Option<HostPort> {
+        let mut hold = self.lock_hold();
+        match hold.as_ref() {
+            Some((old, until)) if Instant::now() < *until => Some(old.clone()),
+            Some(_) => {
+                *hold = None;
+                None
+            }
+            None => None,
+        }
+    }
+
     async fn check_sentinel(&self, announced: Option<HostPort>) {
         let current = self.lock_health().master.clone();
         let candidate = match announced {
@@ -290,6 +330,10 @@ impl Shared {
                 Err(e) => return self.mark_down(&e),
             },
         };
+        if self.held_master().as_ref() == Some(&candidate) {
+            // The sentinels still name the master being replaced.
+            return self.mark_down("failover in progress: waiting for the new master");
+        }
         if current.as_ref() == Some(&candidate) && self.current().is_some() {
             // Same master as before: is it still one (a demoted master keeps
             // its connections open and says nothing)?
@@ -314,6 +358,7 @@ impl Shared {
         match connection::connect_node(info, &self.settings).await {
             Ok(conn) => {
                 self.replace(Some(conn));
+                *self.lock_hold() = None;
                 let old = self.lock_health().master.replace(candidate.clone());
                 match old {
                     Some(old) => tracing::warn!(
@@ -342,11 +387,11 @@ fn is_transient(e: &redis::RedisError) -> bool {
 
 /// The background task: checks every `health_check_interval` while
 /// connected, retries with capped jittered backoff while not, and reacts
-/// at once to `+switch-master` announcements and error wake-ups.
+/// at once to sentinel failover events and error wake-ups.
 async fn supervise(
     shared: Weak<Shared>,
     wake: Arc<Notify>,
-    mut switches: mpsc::UnboundedReceiver<HostPort>,
+    mut events: mpsc::UnboundedReceiver<SentinelEvent>,
 ) {
     let mut backoff = Duration::from_millis(50);
     let mut announced = None;
@@ -370,7 +415,14 @@ async fn supervise(
         tokio::select! {
             _ = tokio::time::sleep(pause) => {}
             _ = wake.notified() => {}
-            Some(master) = switches.recv() => announced = Some(master),
+            Some(event) = events.recv() => match event {
+                SentinelEvent::Switched(master) => announced = Some(master),
+                SentinelEvent::Promoting => {
+                    if let Some(strong) = shared.upgrade() {
+                        strong.hold_writes();
+                    }
+                }
+            },
         }
     }
 }

@@ -92,6 +92,32 @@ pub async fn role_of(settings: &RedisSettings, node: &HostPort) -> Result<String
     }
 }
 
+/// What a sentinel told us about our master.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SentinelEvent {
+    /// The failover leader is about to promote a replica
+    /// (`+failover-state-send-slaveof-noone`): from now on the old master
+    /// may acknowledge writes the new one will never see.
+    Promoting,
+    /// The failover is done: this is the new master (`+switch-master`).
+    Switched(HostPort),
+}
+
+/// Channels the listeners subscribe to on every sentinel.
+const CHANNELS: [&str; 2] = ["+switch-master", "+failover-state-send-slaveof-noone"];
+
+/// Parses an event for our master, or `None` for another master's events.
+fn parse_event(channel: &str, payload: &str, master_name: &str) -> Option<SentinelEvent> {
+    match channel {
+        "+switch-master" => parse_switch(payload, master_name).map(SentinelEvent::Switched),
+        // `<type> <name> <ip> <port> @ <master-name> <master-ip> <master-port>`
+        _ => {
+            let mut after_at = payload.split(" @ ").nth(1)?.split_whitespace();
+            (after_at.next()? == master_name).then_some(SentinelEvent::Promoting)
+        }
+    }
+}
+
 /// Parses a `+switch-master` payload: `<name> <old-ip> <old-port> <new-ip> <new-port>`.
 fn parse_switch(payload: &str, master_name: &str) -> Option<HostPort> {
     let parts: Vec<&str> = payload.split_whitespace().collect();
@@ -104,9 +130,9 @@ fn parse_switch(payload: &str, master_name: &str) -> Option<HostPort> {
     }
 }
 
-/// Subscribes to `+switch-master` on every sentinel and forwards each
-/// announced new master. Tasks end when the receiver is dropped.
-pub fn spawn_switch_listeners(settings: &RedisSettings, tx: mpsc::UnboundedSender<HostPort>) {
+/// Subscribes to the failover events on every sentinel and forwards those
+/// about our master. Tasks end when the receiver is dropped.
+pub fn spawn_listeners(settings: &RedisSettings, tx: mpsc::UnboundedSender<SentinelEvent>) {
     for sentinel in settings.sentinels.clone() {
         let settings = settings.clone();
         let tx = tx.clone();
@@ -132,7 +158,7 @@ pub fn spawn_switch_listeners(settings: &RedisSettings, tx: mpsc::UnboundedSende
 async fn listen_once(
     settings: &RedisSettings,
     sentinel: &HostPort,
-    tx: &mpsc::UnboundedSender<HostPort>,
+    tx: &mpsc::UnboundedSender<SentinelEvent>,
 ) -> Result<(), String> {
     let info = ConnectionAddr::Tcp(sentinel.host.clone(), sentinel.port)
         .into_connection_info()
@@ -143,7 +169,7 @@ async fn listen_once(
         .map_err(|_| "connect timeout".to_string())?
         .map_err(|e| e.to_string())?;
     pubsub
-        .subscribe("+switch-master")
+        .subscribe(&CHANNELS[..])
         .await
         .map_err(|e| e.to_string())?;
     let mut messages = pubsub.on_message();
@@ -152,9 +178,10 @@ async fn listen_once(
             msg = messages.next() => {
                 let Some(msg) = msg else { return Err("subscription closed".into()) };
                 let payload: String = msg.get_payload().map_err(|e| e.to_string())?;
-                if let Some(master) = parse_switch(&payload, &settings.sentinel_name) {
-                    tracing::info!(%sentinel, %master, "sentinel announced +switch-master");
-                    if tx.send(master).is_err() {
+                let channel = msg.get_channel_name();
+                if let Some(event) = parse_event(channel, &payload, &settings.sentinel_name) {
+                    tracing::info!(%sentinel, channel, ?event, "sentinel failover event");
+                    if tx.send(event).is_err() {
                         return Ok(());
                     }
                 }
@@ -174,5 +201,25 @@ mod tests {
         assert_eq!(m.to_string(), "127.0.0.1:6380");
         assert!(parse_switch("other 1.1.1.1 1 2.2.2.2 2", "mymaster").is_none());
         assert!(parse_switch("mymaster garbage", "mymaster").is_none());
+    }
+
+    #[test]
+    fn parses_promotion_events_for_our_master_only() {
+        let payload = "slave 127.0.0.1:6380 127.0.0.1 6380 @ mymaster 127.0.0.1 6379";
+        assert_eq!(
+            parse_event("+failover-state-send-slaveof-noone", payload, "mymaster"),
+            Some(SentinelEvent::Promoting)
+        );
+        assert_eq!(
+            parse_event("+failover-state-send-slaveof-noone", payload, "other"),
+            None
+        );
+        assert_eq!(
+            parse_event("+switch-master", "mymaster 1.1.1.1 1 2.2.2.2 2", "mymaster"),
+            Some(SentinelEvent::Switched(HostPort {
+                host: "2.2.2.2".into(),
+                port: 2
+            }))
+        );
     }
 }
