@@ -5,7 +5,10 @@
 //! sentinels which node is master (on start, on errors that suggest a
 //! switch, and periodically, since an event can be missed), confirms it with
 //! `ROLE`, and listens for `+switch-master` on every sentinel so that even an
-//! idle instance follows a failover at once.
+//! idle instance follows a failover at once. It also listens for
+//! `+failover-state-send-slaveof-noone`, the moment a replica is about to be
+//! promoted, to stop writing to the old master before it can acknowledge
+//! writes the new master will never receive.
 
 use std::time::Duration;
 
