@@ -82,6 +82,9 @@ struct Inner {
     disk: Option<DiskJournal>,
 }
 
+/// How often a long outage's replay queue is pruned of expired puts.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+
 /// Keys replayed at once: enough to hide Redis round trips, few enough not
 /// to crowd out live traffic.
 const REPLAY_CONCURRENCY: usize = 32;
@@ -202,6 +205,17 @@ impl Inner {
         }
         self.queue(key, change);
         Ok(())
+    }
+
+    /// Forgets queued puts whose value already expired in memory, so a long
+    /// outage does not keep a journal entry for every key ever written.
+    /// (Tombstones stay: they matter until replayed.)
+    fn prune_expired(&self) {
+        let mut journal = self.lock_journal();
+        journal.changes.retain(|name, (change, _)| match change {
+            Change::Put => self.memory.entry(&Key::from_stored(name.clone())).is_some(),
+            Change::Delete { .. } => true,
+        });
     }
 
     /// Queues a change for the next replay.
@@ -395,6 +409,7 @@ async fn recover_forever(
     mut connected: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(50);
+    let mut last_prune = Instant::now();
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -404,6 +419,10 @@ async fn recover_forever(
             // Re-checked on a timer too, so the task ends with the store.
             let _ = tokio::time::timeout(Duration::from_secs(5), entered_fallback.notified()).await;
             continue;
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            strong.prune_expired();
+            last_prune = Instant::now();
         }
         drop(strong);
         if !*connected.borrow_and_update() {
@@ -546,5 +565,62 @@ impl Store for FallbackStore {
 
     fn authoritative(&self) -> bool {
         !self.in_fallback()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Settings;
+    use crate::domain::Id;
+    use crate::store::keys;
+
+    struct NoTimes;
+    impl Reconcile for NoTimes {
+        fn written_at_ms(&self, _: &Key, _: &str) -> Option<u64> {
+            None
+        }
+        fn on_delete(&self, _: &Key, _: &str) -> Vec<(Key, String, Duration)> {
+            Vec::new()
+        }
+    }
+
+    /// A fallback store whose Redis is a closed loopback port.
+    async fn unreachable() -> FallbackStore {
+        let env = [
+            ("REDIS_URL", "redis://127.0.0.1:1"),
+            ("REDIS_CONNECT_TIMEOUT", "100"),
+            ("BROKER_CONFIG_DIR", "/nonexistent"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let settings = Settings::load_from(&env).unwrap();
+        let redis = RedisStore::connect(settings.redis).await;
+        let memory = MemoryStore::new(Duration::from_secs(60));
+        FallbackStore::new(redis, memory, Arc::new(NoTimes), None).await
+    }
+
+    #[tokio::test]
+    async fn expired_puts_leave_the_replay_queue_but_deletes_stay() {
+        let store = unreachable().await;
+        assert!(store.in_fallback());
+        let short = keys::token(&Id::parse("short").unwrap());
+        let long = keys::token(&Id::parse("long").unwrap());
+        let gone = keys::token(&Id::parse("gone").unwrap());
+        store
+            .set(&short, "v", Duration::from_millis(20))
+            .await
+            .unwrap();
+        store
+            .set(&long, "v", Duration::from_secs(60))
+            .await
+            .unwrap();
+        store.delete(&gone).await.unwrap();
+        assert_eq!(store.status().pending_replay, Some(3));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        store.inner.prune_expired();
+        assert_eq!(store.status().pending_replay, Some(2));
+        assert_eq!(store.status().storage, StorageKind::Memory);
     }
 }
