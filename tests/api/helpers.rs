@@ -23,14 +23,7 @@ impl Backend {
                 ("REDIS_MODE", "cluster".into()),
                 ("REDIS_CLUSTER_NODES", harness::shared_cluster().nodes_env()),
             ],
-            Backend::Sentinel => {
-                let set = harness::shared_sentinel();
-                vec![
-                    ("REDIS_MODE", "sentinel".into()),
-                    ("REDIS_SENTINELS", set.sentinels_env()),
-                    ("REDIS_SENTINEL_NAME", set.name.clone()),
-                ]
-            }
+            Backend::Sentinel => harness::shared_sentinel().broker_env(),
         };
         pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }

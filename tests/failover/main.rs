@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use harness::{Cluster, SentinelSet, Single};
+use harness::{blocking, Cluster, SentinelSet, Single};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -141,38 +141,21 @@ where
     false
 }
 
-/// Runs blocking harness work off the runtime that drives the brokers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
-}
-
 /// Waits (off the runtime) until the sentinels name a master other than `old`.
 async fn wait_for_new_master(set: &Arc<std::sync::Mutex<SentinelSet>>, old: u16) -> u16 {
     let set = set.clone();
-    blocking(move || {
-        let mut port = old;
-        harness::wait_for("sentinel promotion", Duration::from_secs(40), || {
-            port = set.lock().unwrap().master_port();
-            port != old
-        });
-        port
-    })
-    .await
+    blocking(move || harness::wait_for_new_master(&set, old)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_and_master_kill_are_followed_without_restart() {
     let _serial = SERIAL.lock().await;
     let set = Arc::new(std::sync::Mutex::new(blocking(SentinelSet::start).await));
-    let (sentinels, name) = {
+    let (pairs, name) = {
         let s = set.lock().unwrap();
-        (s.sentinels_env(), s.name.clone())
+        (s.broker_env(), s.name.clone())
     };
-    let env = env(&[
-        ("REDIS_MODE", "sentinel".into()),
-        ("REDIS_SENTINELS", sentinels),
-        ("REDIS_SENTINEL_NAME", name.clone()),
-    ]);
+    let env = env(&pairs);
     let a = harness::spawn_broker(&env).await;
     // B gets no request at all during the switches.
     let b = harness::spawn_broker(&env).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use harness::{RedisProc, SentinelSet, Single};
+use harness::{blocking, RedisProc, SentinelSet, Single};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -102,10 +102,6 @@ impl Broker {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-}
-
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
 
 /// Where the data lives, for checks with a plain Redis client.
@@ -252,11 +248,7 @@ async fn single_outage_is_served_from_memory_and_replayed() {
 async fn sentinel_outage_is_served_from_memory_and_replayed() {
     let _serial = SERIAL.lock().await;
     let set = blocking(SentinelSet::start).await;
-    let env = env(&[
-        ("REDIS_MODE", "sentinel".into()),
-        ("REDIS_SENTINELS", set.sentinels_env()),
-        ("REDIS_SENTINEL_NAME", set.name.clone()),
-    ]);
+    let env = env(&set.broker_env());
     outage_writes_reach_redis_after_restart(set, env).await;
 }
 
@@ -612,16 +604,12 @@ async fn start_up_waits_at_most_the_connect_timeout_when_no_sentinel_answers() {
 async fn a_sentinel_failover_with_fallback_loses_nothing_and_fails_nothing() {
     let _serial = SERIAL.lock().await;
     let set = Arc::new(std::sync::Mutex::new(blocking(SentinelSet::start).await));
-    let (sentinels, name) = {
+    let (mut pairs, name) = {
         let s = set.lock().unwrap();
-        (s.sentinels_env(), s.name.clone())
+        (s.broker_env(), s.name.clone())
     };
-    let env = env(&[
-        ("REDIS_MODE", "sentinel".into()),
-        ("REDIS_SENTINELS", sentinels),
-        ("REDIS_SENTINEL_NAME", name.clone()),
-        ("REDIS_COMMAND_TIMEOUT", "1000".into()),
-    ]);
+    pairs.push(("REDIS_COMMAND_TIMEOUT", "1000".into()));
+    let env = env(&pairs);
     let broker = Arc::new(Broker::start(&env).await);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -650,15 +638,7 @@ async fn a_sentinel_failover_with_fallback_loses_nothing_and_fails_nothing() {
     assert!(reply.contains("OK"), "{reply}");
     let new = {
         let set = set.clone();
-        blocking(move || {
-            let mut port = old;
-            harness::wait_for("promotion", Duration::from_secs(40), || {
-                port = set.lock().unwrap().master_port();
-                port != old
-            });
-            port
-        })
-        .await
+        blocking(move || harness::wait_for_new_master(&set, old)).await
     };
     let status = broker.wait_back_on_redis().await;
     tokio::time::sleep(Duration::from_secs(2)).await;

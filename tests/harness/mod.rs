@@ -483,6 +483,15 @@ impl SentinelSet {
         );
     }
 
+    /// The broker settings that point at this set.
+    pub fn broker_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("REDIS_MODE", "sentinel".into()),
+            ("REDIS_SENTINELS", self.sentinels_env()),
+            ("REDIS_SENTINEL_NAME", self.name.clone()),
+        ]
+    }
+
     /// `host:port,...` for REDIS_SENTINELS.
     pub fn sentinels_env(&self) -> String {
         self.sentinels
@@ -623,4 +632,19 @@ pub async fn spawn_broker(env: &[(String, String)]) -> String {
     let address = format!("http://127.0.0.1:{}", app.port());
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     address
+}
+
+/// Waits (blocking) until the sentinels name a master other than `old`.
+pub fn wait_for_new_master(set: &Mutex<SentinelSet>, old: u16) -> u16 {
+    let mut port = old;
+    wait_for("sentinel promotion", Duration::from_secs(40), || {
+        port = set.lock().unwrap().master_port();
+        port != old
+    });
+    port
+}
+
+/// Runs blocking harness work off the runtime that drives the brokers.
+pub async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f).await.expect("blocking task")
 }
