@@ -83,15 +83,60 @@ impl ApiError {
             Self::Session(S::MemberNotFound) => ("member_not_found", C::NOT_FOUND),
             Self::Session(S::TooLarge(_)) => ("payload_too_large", C::PAYLOAD_TOO_LARGE),
             Self::Session(S::Full(_)) => ("session_full", C::CONFLICT),
-            Self::Store(_)
-            | Self::Token(T::Store(_))
-            | Self::Session(S::Store(_))
-            | Self::Session(S::Contended) => ("storage_unavailable", C::SERVICE_UNAVAILABLE),
+            Self::Store(e) | Self::Token(T::Store(e)) | Self::Session(S::Store(e)) => store_code(e),
+            Self::Session(S::Contended) | Self::Session(S::OnlyInRedis) => {
+                ("storage_unavailable", C::SERVICE_UNAVAILABLE)
+            }
             Self::Token(T::Signing(_)) | Self::Session(S::Corrupt(_)) => {
                 ("internal_error", C::INTERNAL_SERVER_ERROR)
             }
         }
     }
+
+    /// The storage error behind this one, if any.
+    fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            Self::Store(e)
+            | Self::Token(TokenError::Store(e))
+            | Self::Session(SessionError::Store(e)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// What the client reads in `detail`: the message for its own mistakes,
+    /// fixed text for ours (causes stay in the log).
+    fn public_detail(&self, status: StatusCode) -> String {
+        match self.store_error() {
+            Some(e) => e.public_detail().to_string(),
+            None if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE => {
+                "internal error; see the broker's log".to_string()
+            }
+            None => self.to_string(),
+        }
+    }
+}
+
+/// Outages and an out-of-memory Redis are worth a retry (503); any other
+/// refusal is a fault on our side or foreign data (500).
+fn store_code(e: &StoreError) -> (&'static str, StatusCode) {
+    match e {
+        StoreError::Unavailable(_) | StoreError::Timeout(_) | StoreError::OutOfMemory(_) => {
+            ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE)
+        }
+        StoreError::Rejected(_) => ("internal_error", StatusCode::INTERNAL_SERVER_ERROR),
+    }
+}
+
+/// An error and its causes, one after another, for the log.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        text.push_str(": ");
+        text.push_str(&e.to_string());
+        cause = e.source();
+    }
+    text
 }
 
 impl ResponseError for ApiError {
@@ -101,15 +146,12 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (code, status) = self.code_and_status();
-        let detail = if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
-            tracing::error!(error = %self, "internal error");
-            "internal error; see the broker's log".to_string()
-        } else {
-            if status == StatusCode::SERVICE_UNAVAILABLE {
-                tracing::warn!(error = %self, "storage unavailable");
-            }
-            self.to_string()
-        };
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(error = %chain(self), code, "request refused for now");
+        } else if status.is_server_error() {
+            tracing::error!(error = %chain(self), "internal error");
+        }
+        let detail = self.public_detail(status);
         let mut response = HttpResponse::build(status);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));

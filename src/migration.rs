@@ -23,7 +23,7 @@ impl Reconcile for DomainReconcile {
             KeyKind::Session => serde_json::from_str::<SessionRecord>(value)
                 .ok()
                 .map(|r| r.updated_at.saturating_mul(1000)),
-            KeyKind::Revocation | KeyKind::Other => None,
+            KeyKind::Revocation | KeyKind::Counter => None,
         }
     }
 

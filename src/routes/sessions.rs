@@ -123,14 +123,18 @@ async fn remove_member(
     Ok(HttpResponse::Ok().json(state.sessions.remove_member(&id, &member_id).await?))
 }
 
-/// Ends a session: the record is deleted and its token revoked.
+/// Ends a session: its token is revoked, then the record deleted. In that
+/// order, a failure between the two leaves the session in place, so the
+/// client's retry completes the end rather than getting 404 with a token
+/// still live.
 async fn end(
     _: Management,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("session_id", &path)?;
-    state.sessions.end(&id).await?;
+    state.sessions.ensure_exists(&id).await?;
     state.tokens.revoke(&id).await?;
+    state.sessions.end(&id).await?;
     Ok(HttpResponse::Ok().json(json!({ "summary": "ended" })))
 }

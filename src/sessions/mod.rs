@@ -27,6 +27,10 @@ pub enum SessionError {
     /// Too many concurrent writers on one record; the caller may retry.
     #[error("session is being updated concurrently, retry")]
     Contended,
+    /// Serving from the fallback, and the session is not in memory: it may
+    /// exist only in Redis, so a write must wait rather than invent it.
+    #[error("this session may exist only in Redis, which is unreachable; retry when it returns")]
+    OnlyInRedis,
     /// A stored value this broker cannot read (written by something else).
     #[error("stored session record is unreadable: {0}")]
     Corrupt(String),

@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use super::{Member, SessionError, SessionRecord};
 use crate::clock::unix_now;
 use crate::domain::{Id, Ttl};
-use crate::store::{keys, Store, StoreError};
+use crate::store::{keys, Store};
 
 /// How often an update retries when another writer changed the record
 /// between its read and its write (with a short jittered pause between
@@ -155,7 +155,15 @@ impl SessionService {
         .await
     }
 
-    /// Deletes the record (the caller revokes the session's token).
+    /// Fails with `NotFound` unless the record exists (or, during a
+    /// fallback, `OnlyInRedis` when it may exist only there).
+    pub async fn ensure_exists(&self, id: &Id) -> Result<(), SessionError> {
+        self.read_for_write(id).await.map(|_| ())
+    }
+
+    /// Deletes the record. The caller revokes the session's token first:
+    /// if that fails the record stays, so a retry of the whole end finds
+    /// the session and finishes the job instead of answering 404.
     #[tracing::instrument(skip_all, fields(session_id = %id))]
     pub async fn end(&self, id: &Id) -> Result<(), SessionError> {
         self.read_for_write(id).await?;
@@ -204,9 +212,7 @@ impl SessionService {
     async fn read_for_write(&self, id: &Id) -> Result<String, SessionError> {
         match self.read(id).await {
             Err(SessionError::NotFound) if !self.store.authoritative() => {
-                Err(SessionError::Store(StoreError::Unavailable(
-                    "this session may exist only in Redis, which is unreachable".into(),
-                )))
+                Err(SessionError::OnlyInRedis)
             }
             other => other,
         }

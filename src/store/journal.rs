@@ -13,18 +13,40 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-/// One journaled write.
+use super::{Key, KeyKind};
+
+/// One journaled write. The key's kind is written beside its name, so the
+/// replay applies the kind's rule without guessing from the name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Record {
     /// The key held `value` until `expires_at_ms` (unix ms).
     Put {
         key: String,
+        #[serde(default)]
+        kind: Option<KeyKind>,
         value: String,
         expires_at_ms: u64,
     },
     /// The key was deleted at `at_ms` (unix ms).
-    Delete { key: String, at_ms: u64 },
+    Delete {
+        key: String,
+        #[serde(default)]
+        kind: Option<KeyKind>,
+        at_ms: u64,
+    },
+}
+
+impl Record {
+    /// The key this record is about. Journals written before kinds were
+    /// recorded name the kind by prefix; `None` for a name of no kind.
+    pub fn key(&self) -> Option<Key> {
+        let (name, kind) = match self {
+            Self::Put { key, kind, .. } | Self::Delete { key, kind, .. } => (key, kind),
+        };
+        let kind = kind.or_else(|| KeyKind::of_legacy_name(name))?;
+        Some(Key::restore(name.clone(), kind))
+    }
 }
 
 /// An append-only JSON-lines file.
@@ -98,11 +120,13 @@ mod tests {
         let path = dir.path().join("sub/journal.jsonl");
         let put = Record::Put {
             key: "rtc:token:a".into(),
+            kind: Some(KeyKind::Token),
             value: "v".into(),
             expires_at_ms: 42,
         };
         let del = Record::Delete {
             key: "rtc:token:b".into(),
+            kind: Some(KeyKind::Token),
             at_ms: 7,
         };
         {
@@ -127,5 +151,18 @@ mod tests {
         journal.clear().unwrap();
         let (_, old) = DiskJournal::open(&path).unwrap();
         assert!(old.is_empty());
+    }
+
+    #[test]
+    fn records_carry_their_kind_and_old_ones_get_it_from_the_name() {
+        let line = r#"{"op":"put","key":"recording:r:chunk_index","kind":"counter","value":"7","expires_at_ms":1}"#;
+        let record: Record = serde_json::from_str(line).unwrap();
+        assert_eq!(record.key().unwrap().kind(), KeyKind::Counter);
+        let legacy = r#"{"op":"delete","key":"session:{s}","at_ms":1}"#;
+        let record: Record = serde_json::from_str(legacy).unwrap();
+        assert_eq!(record.key().unwrap().kind(), KeyKind::Session);
+        let foreign = r#"{"op":"delete","key":"other:x","at_ms":1}"#;
+        let record: Record = serde_json::from_str(foreign).unwrap();
+        assert!(record.key().is_none());
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Key, Migrated, StorageKind, Store, StoreResult, StoreStatus};
+use super::{Key, Migrated, StorageKind, Store, StoreError, StoreResult, StoreStatus};
 use crate::clock::unix_now;
 
 #[derive(Debug)]
@@ -129,6 +129,33 @@ impl MemoryStore {
         inner.deadlines.clear();
     }
 
+    /// Applies `next` to a counter (0 when absent), creating it with `ttl`;
+    /// a value that is not an integer is refused, as Redis refuses it.
+    fn update_counter(
+        &self,
+        key: &Key,
+        ttl: Duration,
+        next: impl FnOnce(i64) -> i64,
+    ) -> StoreResult<i64> {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        match inner.live(key.as_str(), now) {
+            Some(entry) => {
+                let current = entry.value.parse::<i64>().map_err(|_| {
+                    StoreError::rejected(format!("{key} holds a value that is not an integer"))
+                })?;
+                let value = next(current);
+                entry.value = value.to_string();
+                Ok(value)
+            }
+            None => {
+                let value = next(0);
+                inner.put(key.as_str(), value.to_string(), ttl, now);
+                Ok(value)
+            }
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave a half-written entry
         // (each operation is one map call), so a poisoned lock is still sound.
@@ -184,8 +211,10 @@ impl Store for MemoryStore {
     ) -> StoreResult<bool> {
         let now = Instant::now();
         let mut inner = self.lock();
-        if inner.live(key.as_str(), now).map(|e| e.value.as_str()) != Some(expected) {
-            return Ok(false);
+        let current = inner.live(key.as_str(), now).map(|e| e.value.as_str());
+        if current != Some(expected) {
+            // Already what the caller asked for: same answer as Redis gives.
+            return Ok(current == new);
         }
         match new {
             Some(value) => inner.put(key.as_str(), value.to_string(), ttl, now),
@@ -205,18 +234,11 @@ impl Store for MemoryStore {
     }
 
     async fn increment(&self, key: &Key, ttl: Duration) -> StoreResult<i64> {
-        let now = Instant::now();
-        let mut inner = self.lock();
-        let next = match inner.live(key.as_str(), now) {
-            Some(entry) => {
-                let next = entry.value.parse::<i64>().unwrap_or(0).saturating_add(1);
-                entry.value = next.to_string();
-                return Ok(next);
-            }
-            None => 1,
-        };
-        inner.put(key.as_str(), next.to_string(), ttl, now);
-        Ok(next)
+        self.update_counter(key, ttl, |n| n.saturating_add(1))
+    }
+
+    async fn advance_to(&self, key: &Key, floor: i64, ttl: Duration) -> StoreResult<i64> {
+        self.update_counter(key, ttl, |n| n.max(floor))
     }
 
     fn status(&self) -> StoreStatus {
@@ -267,6 +289,41 @@ mod tests {
         assert!(!store.delete(&k).await.unwrap());
         assert_eq!(store.increment(&k, ttl).await.unwrap(), 1);
         assert_eq!(store.increment(&k, ttl).await.unwrap(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_swap_already_applied_reports_true_like_redis() {
+        let store = MemoryStore::new(Duration::from_secs(60));
+        let k = key("cas");
+        let ttl = Duration::from_secs(60);
+        store.set(&k, "new", ttl).await.unwrap();
+        assert!(store
+            .compare_and_swap(&k, "old", Some("new"), ttl)
+            .await
+            .unwrap());
+        assert!(!store
+            .compare_and_swap(&k, "old", Some("other"), ttl)
+            .await
+            .unwrap());
+        store.delete(&k).await.unwrap();
+        assert!(store.compare_and_swap(&k, "old", None, ttl).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn counters_only_advance_and_refuse_non_integers() {
+        let store = MemoryStore::new(Duration::from_secs(60));
+        let ttl = Duration::from_secs(60);
+        let c = keys::recording_chunk_index(&Id::parse("rec").unwrap());
+        assert_eq!(store.advance_to(&c, 5, ttl).await.unwrap(), 5);
+        assert_eq!(store.advance_to(&c, 3, ttl).await.unwrap(), 5);
+        assert_eq!(store.increment(&c, ttl).await.unwrap(), 6);
+        let t = key("text");
+        store.set(&t, "abc", ttl).await.unwrap();
+        let err = store.increment(&t, ttl).await.unwrap_err();
+        assert!(matches!(err, StoreError::Rejected(_)), "{err:?}");
+        assert!(!err.is_outage());
+        assert!(store.advance_to(&t, 1, ttl).await.is_err());
+        assert_eq!(store.get(&t).await.unwrap().as_deref(), Some("abc"));
     }
 
     #[tokio::test]

@@ -20,15 +20,61 @@ pub use keys::{Key, KeyKind};
 pub use memory::MemoryStore;
 pub use redis::RedisStore;
 
-/// Why the store could not serve an operation.
+/// The cause kept behind a [`StoreError`] for the log; never shown to clients.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the store could not serve an operation. Two classes, because they
+/// call for opposite reactions: an *outage* (Redis did not answer) is what
+/// the memory fallback exists for; a *refusal* (Redis answered with an
+/// error) is not, and serving it from memory would split the data.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The backend did not answer (connection refused, no master known).
-    #[error("storage unavailable: {0}")]
-    Unavailable(String),
-    /// The backend took longer than the command timeout.
+    /// Outage: the backend did not answer (connection refused or dropped,
+    /// no master known, a failover in progress).
+    #[error("storage unavailable")]
+    Unavailable(#[source] Cause),
+    /// Outage: the backend took longer than the command timeout.
     #[error("storage command timed out after {0:?}")]
     Timeout(Duration),
+    /// Refusal: Redis is at `maxmemory` under `noeviction` and refused a
+    /// write. Clients may retry later (503), reads still work.
+    #[error("Redis refused the write: out of memory")]
+    OutOfMemory(#[source] Cause),
+    /// Refusal: Redis answered with another error (`WRONGTYPE`, a script
+    /// error) or a reply of the wrong shape. A bug or foreign data (500).
+    #[error("Redis rejected the command")]
+    Rejected(#[source] Cause),
+}
+
+impl StoreError {
+    /// An outage with a reason of our own (no Redis error behind it).
+    pub fn unavailable(reason: impl Into<String>) -> Self {
+        Self::Unavailable(reason.into().into())
+    }
+
+    /// A refusal with a reason of our own.
+    pub fn rejected(reason: impl Into<String>) -> Self {
+        Self::Rejected(reason.into().into())
+    }
+
+    /// True when the backend did not answer: the fallback's trigger (SPEC
+    /// section 10). Refusals are answered, never served from memory.
+    pub fn is_outage(&self) -> bool {
+        matches!(self, Self::Unavailable(_) | Self::Timeout(_))
+    }
+
+    /// What a client is told: fixed text, no Redis or sentinel output.
+    pub fn public_detail(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) | Self::Timeout(_) => {
+                "storage is unavailable; retry after the Retry-After delay"
+            }
+            Self::OutOfMemory(_) => {
+                "Redis is out of memory and refused the write; retry after the Retry-After delay"
+            }
+            Self::Rejected(_) => "internal error; see the broker's log",
+        }
+    }
 }
 
 /// What every store operation returns.
@@ -50,7 +96,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Replaces the value only if it still equals `expected` (an optimistic
     /// update of a record): `Some(new)` writes with a fresh TTL, `None`
-    /// deletes. True when the swap happened.
+    /// deletes. True when the key now holds what the caller asked for: the
+    /// swap happened, or (a retry after a dropped connection) the key
+    /// already holds `new` / is already gone, so a swap that did apply is
+    /// never reported as lost.
     async fn compare_and_swap(
         &self,
         key: &Key,
@@ -62,8 +111,16 @@ pub trait Store: Send + Sync + 'static {
     /// `DEL key`; true when something was removed.
     async fn delete(&self, key: &Key) -> StoreResult<bool>;
 
-    /// `INCR key`, setting `ttl` when the counter is created; returns the new value.
+    /// `INCR key`, setting `ttl` when the counter is created; returns the
+    /// new value. Applied exactly once even when the connection drops
+    /// mid-command and the call is retried. A non-integer value is
+    /// [`StoreError::Rejected`], as Redis refuses it.
     async fn increment(&self, key: &Key, ttl: Duration) -> StoreResult<i64>;
+
+    /// Moves a counter up to at least `floor` (an atomic maximum, never
+    /// down), setting `ttl` when it creates the counter; returns the value
+    /// it holds afterwards.
+    async fn advance_to(&self, key: &Key, floor: i64, ttl: Duration) -> StoreResult<i64>;
 
     /// What health and `/api/storage/status` report about this backend.
     fn status(&self) -> StoreStatus;
@@ -109,11 +166,27 @@ pub struct StoreStatus {
     pub migrated: Migrated,
 }
 
-/// Counts of records moved from memory back to Redis after an outage.
+/// Counts of records moved from memory back to Redis after an outage, one
+/// per [`KeyKind`].
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Migrated {
     pub tokens: u64,
     pub sessions: u64,
+    pub revocations: u64,
+    pub counters: u64,
     /// How long the last replay took, from Redis answering to the switch.
     pub replay_ms: u64,
+}
+
+impl Migrated {
+    /// Counts one replayed record of `kind`.
+    pub fn count(&mut self, kind: KeyKind) {
+        let field = match kind {
+            KeyKind::Token => &mut self.tokens,
+            KeyKind::Session => &mut self.sessions,
+            KeyKind::Revocation => &mut self.revocations,
+            KeyKind::Counter => &mut self.counters,
+        };
+        *field += 1;
+    }
 }

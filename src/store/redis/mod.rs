@@ -9,6 +9,7 @@
 //! checks), so an idle instance follows a failover by itself.
 
 mod connection;
+mod scripts;
 mod sentinel;
 
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -16,11 +17,12 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use rand::Rng as _;
-use redis::{Script, Value};
+use redis::Value;
 use tokio::sync::{mpsc, watch, Notify};
 use tracing::Instrument as _;
 
 use self::connection::{Conn, Op};
+use self::scripts::Scripts;
 use self::sentinel::SentinelEvent;
 use super::{Key, Migrated, StorageKind, Store, StoreError, StoreResult, StoreStatus};
 use crate::clock::unix_now;
@@ -29,26 +31,6 @@ use crate::config::{HostPort, RedisMode, RedisSettings};
 /// Longest a sentinel failover may keep writes away from the old master
 /// before the broker assumes it was aborted and asks the sentinels again.
 const FAILOVER_HOLD: Duration = Duration::from_secs(10);
-
-/// Replaces a value only if it still equals the expected one.
-/// KEYS[1]; ARGV: expected, "1" to set / "0" to delete, new value, ttl ms.
-const CAS_SCRIPT: &str = r"
-local current = redis.call('GET', KEYS[1])
-if current ~= ARGV[1] then return 0 end
-if ARGV[2] == '1' then
-  redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-else
-  redis.call('DEL', KEYS[1])
-end
-return 1
-";
-
-/// INCR that sets the TTL when it creates the counter. KEYS[1]; ARGV: ttl ms.
-const INCR_SCRIPT: &str = r"
-local value = redis.call('INCR', KEYS[1])
-if value == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
-return value
-";
 
 /// What operators see about the connection.
 #[derive(Debug, Clone)]
@@ -71,8 +53,7 @@ struct Shared {
     hold: Mutex<Option<(HostPort, Instant)>>,
     /// Announces every change of `health.connected` (the fallback waits on it).
     connected: watch::Sender<bool>,
-    cas: Script,
-    incr: Script,
+    scripts: Scripts,
 }
 
 /// Redis-backed [`Store`]; cheap to clone.
@@ -101,8 +82,7 @@ impl RedisStore {
             wake: wake.clone(),
             hold: Mutex::new(None),
             connected: watch::Sender::new(false),
-            cas: Script::new(CAS_SCRIPT),
-            incr: Script::new(INCR_SCRIPT),
+            scripts: Scripts::new(),
         });
         let (event_tx, event_rx) = mpsc::unbounded_channel();
         if settings.mode == RedisMode::Sentinel {
@@ -208,18 +188,19 @@ impl Shared {
     }
 
     /// Runs an operation under the command timeout, retrying transient
-    /// failures with backoff inside that deadline.
+    /// failures with backoff inside that deadline. Every operation is
+    /// idempotent (see `scripts`), so a retry after a dropped connection
+    /// cannot apply a command twice. What Redis answered with an error is
+    /// returned as a refusal at once; only silence counts as an outage.
     async fn run(&self, op: &Op<'_>) -> StoreResult<Value> {
         let timeout = self.settings.command_timeout();
         let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(10);
         loop {
             let Some(conn) = self.current() else {
-                return Err(StoreError::Unavailable(
-                    self.lock_health()
-                        .last_error
-                        .clone()
-                        .unwrap_or_else(|| "not connected".into()),
+                let reason = self.lock_health().last_error.clone();
+                return Err(StoreError::unavailable(
+                    reason.unwrap_or_else(|| "not connected".into()),
                 ));
             };
             let remaining = deadline.saturating_duration_since(Instant::now());
@@ -235,17 +216,22 @@ impl Shared {
                 }
                 Ok(Err(e)) => e,
             };
-            let transient = is_transient(&error);
-            if transient {
-                // A drop, READONLY or LOADING may mean a failover: let the
-                // supervisor re-resolve now rather than at its next tick.
-                self.wake.notify_one();
+            if is_auth_failure(&error) {
+                // Redis answers, but not to us: as good as no Redis at all.
+                self.mark_down(&error.to_string());
+                return Err(StoreError::Unavailable(Box::new(error)));
             }
-            if !transient || Instant::now() + backoff >= deadline {
-                if transient {
-                    self.mark_down(&error.to_string());
-                }
-                return Err(StoreError::Unavailable(error.to_string()));
+            if !is_transient(&error) {
+                // Redis answered: the connection is fine, the command is not.
+                self.mark_up();
+                return Err(refusal(error));
+            }
+            // A drop, READONLY or LOADING may mean a failover: let the
+            // supervisor re-resolve now rather than at its next tick.
+            self.wake.notify_one();
+            if Instant::now() + backoff >= deadline {
+                self.mark_down(&error.to_string());
+                return Err(StoreError::Unavailable(Box::new(error)));
             }
             tracing::debug!(error = %error, "transient Redis error; retrying");
             tokio::time::sleep(backoff).await;
@@ -382,7 +368,24 @@ fn is_transient(e: &redis::RedisError) -> bool {
     if e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal() || e.is_timeout() {
         return true;
     }
-    !matches!(e.retry_method(), R::NoRetry)
+    // A script running too long blocks the server for everyone: wait.
+    e.code() == Some("BUSY") || !matches!(e.retry_method(), R::NoRetry)
+}
+
+/// A wrong or missing password: a configuration problem that leaves the
+/// store unable to serve anything, so it counts as unavailable.
+fn is_auth_failure(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS"))
+}
+
+/// What an error reply from Redis means for the caller.
+fn refusal(e: redis::RedisError) -> StoreError {
+    if e.code() == Some("OOM") {
+        StoreError::OutOfMemory(Box::new(e))
+    } else {
+        StoreError::Rejected(Box::new(e))
+    }
 }
 
 /// The background task: checks every `health_check_interval` while
@@ -463,7 +466,7 @@ impl Store for RedisStore {
         ttl: Duration,
     ) -> StoreResult<bool> {
         let op = Op::Script {
-            script: &self.shared.cas,
+            script: &self.shared.scripts.cas,
             keys: vec![self.full_key(key)],
             args: vec![
                 expected.to_string(),
@@ -481,10 +484,28 @@ impl Store for RedisStore {
     }
 
     async fn increment(&self, key: &Key, ttl: Duration) -> StoreResult<i64> {
+        let counter = self.full_key(key);
+        let ids = scripts::increment_ids_key(&counter);
+        // One id for every attempt of this one call, retries included.
+        let id = uuid::Uuid::new_v4().simple().to_string();
         let op = Op::Script {
-            script: &self.shared.incr,
+            script: &self.shared.scripts.incr,
+            keys: vec![counter, ids],
+            args: vec![
+                ttl_ms(ttl).to_string(),
+                id,
+                scripts::INCR_IDS_KEPT.to_string(),
+                scripts::INCR_IDS_TTL_MS.to_string(),
+            ],
+        };
+        integer(self.run(op).await?)
+    }
+
+    async fn advance_to(&self, key: &Key, floor: i64, ttl: Duration) -> StoreResult<i64> {
+        let op = Op::Script {
+            script: &self.shared.scripts.advance,
             keys: vec![self.full_key(key)],
-            args: vec![ttl_ms(ttl).to_string()],
+            args: vec![floor.to_string(), ttl_ms(ttl).to_string()],
         };
         integer(self.run(op).await?)
     }
@@ -516,11 +537,10 @@ fn string_or_nil(value: Value) -> StoreResult<Option<String>> {
         Value::Nil => Ok(None),
         other => redis::from_redis_value::<String>(other)
             .map(Some)
-            .map_err(|e| StoreError::Unavailable(format!("unexpected reply: {e}"))),
+            .map_err(|e| StoreError::Rejected(Box::new(e))),
     }
 }
 
 fn integer(value: Value) -> StoreResult<i64> {
-    redis::from_redis_value::<i64>(value)
-        .map_err(|e| StoreError::Unavailable(format!("unexpected reply: {e}")))
+    redis::from_redis_value::<i64>(value).map_err(|e| StoreError::Rejected(Box::new(e)))
 }
