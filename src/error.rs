@@ -50,6 +50,8 @@ pub enum ApiError {
     Session(#[from] SessionError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 impl ApiError {
@@ -87,6 +89,7 @@ impl ApiError {
             | Self::Token(T::Store(_))
             | Self::Session(S::Store(_))
             | Self::Session(S::Contended) => ("storage_unavailable", C::SERVICE_UNAVAILABLE),
+            Self::Overloaded(_) => ("overloaded", C::SERVICE_UNAVAILABLE),
             Self::Token(T::Signing(_)) | Self::Session(S::Corrupt(_)) => {
                 ("internal_error", C::INTERNAL_SERVER_ERROR)
             }
@@ -105,7 +108,8 @@ impl ResponseError for ApiError {
             tracing::error!(error = %self, "internal error");
             "internal error; see the broker's log".to_string()
         } else {
-            if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Overload is counted and warned about in `overload`, not per request.
+            if status == StatusCode::SERVICE_UNAVAILABLE && !matches!(self, Self::Overloaded(_)) {
                 tracing::warn!(error = %self, "storage unavailable");
             }
             self.to_string()
