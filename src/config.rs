@@ -130,6 +130,8 @@ pub struct ServerSettings {
     pub server_id: String,
     pub workers: usize,
     pub shutdown_timeout_seconds: u64,
+    pub max_inflight_requests: usize,
+    pub overload_wait_ms: u64,
 }
 
 /// Request size limits that protect the broker from oversized input.

@@ -50,6 +50,8 @@ pub enum ApiError {
     Session(#[from] SessionError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Overloaded(String),
 }
 
 impl ApiError {
@@ -87,6 +89,7 @@ impl ApiError {
             Self::Session(S::Contended) | Self::Session(S::OnlyInRedis) => {
                 ("storage_unavailable", C::SERVICE_UNAVAILABLE)
             }
+            Self::Overloaded(_) => ("overloaded", C::SERVICE_UNAVAILABLE),
             Self::Token(T::Signing(_)) | Self::Session(S::Corrupt(_)) => {
                 ("internal_error", C::INTERNAL_SERVER_ERROR)
             }
@@ -146,9 +149,10 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let (code, status) = self.code_and_status();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        // Overload is counted and warned about in `overload`, not per request.
+        if status == StatusCode::SERVICE_UNAVAILABLE && !matches!(self, Self::Overloaded(_)) {
             tracing::warn!(error = %chain(self), code, "request refused for now");
-        } else if status.is_server_error() {
+        } else if status.is_server_error() && status != StatusCode::SERVICE_UNAVAILABLE {
             tracing::error!(error = %chain(self), "internal error");
         }
         let detail = self.public_detail(status);

@@ -6,7 +6,8 @@
 //! (storage trait, backends incl. the Redis fallback, key names),
 //! `migration` (replay rules after an outage), `domain` (validated ids and TTLs),
 //! `extract` (request parsing), `auth` (API keys), `error` (errors to HTTP),
-//! `health` (lifecycle), `telemetry` (logs, request spans), `shutdown`.
+//! `health` (lifecycle), `telemetry` (logs, request spans), `overload` (load
+//! shedding), `shutdown`.
 
 pub mod auth;
 pub mod clock;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod migration;
+pub mod overload;
 pub mod routes;
 pub mod sessions;
 pub mod shutdown;

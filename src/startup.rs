@@ -17,6 +17,7 @@ use crate::domain::Ttl;
 use crate::extract::JsonLimits;
 use crate::health::Lifecycle;
 use crate::migration::DomainReconcile;
+use crate::overload::{self, InflightLimit};
 use crate::routes;
 use crate::sessions::SessionService;
 use crate::state::{AppState, FieldLimits};
@@ -212,15 +213,23 @@ fn http_server(
         max_depth: settings.limits.json_max_depth,
     };
     let api_keys = ApiKeys::new(&settings.auth.api_keys);
+    // One limit for the instance, not one per worker.
+    let inflight = InflightLimit::new(
+        settings.server.max_inflight_requests,
+        Duration::from_millis(settings.server.overload_wait_ms),
+    );
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
             .app_data(json_limits)
             .app_data(api_keys.clone())
+            .app_data(inflight.clone())
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
             .wrap(routes::json_method_not_allowed())
             .wrap(from_fn(telemetry::trace_request))
+            // Outermost: a shed request costs no span and no log line.
+            .wrap(from_fn(overload::shed_overload))
     })
     .listen(listener)?
     .disable_signals()

@@ -10,5 +10,6 @@ mod binary;
 mod errors;
 mod health;
 mod instances;
+mod overload;
 mod sessions;
 mod tokens;
