@@ -1,0 +1,298 @@
+//! Configuration: embedded defaults, `config/<RUN_ENV>.toml`, the legacy
+//! environment names of the Node deployments, then `BROKER__SECTION__KEY`.
+//!
+//! Everything is parsed into typed values here, once, so a wrong setting stops
+//! start-up with one line naming the key instead of failing a request later.
+//!
+//! This file holds [`Settings`], its loading and its rendering for
+//! `check-config`; the section structs live in `sections`, the legacy
+//! environment layer in `legacy` and the cross-field checks in `validate`.
+
+mod legacy;
+mod sections;
+mod validate;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use config::{Config, ConfigError, Environment, File, FileFormat, Map};
+use serde::{Deserialize, Serialize};
+
+use legacy::LegacyEnv;
+pub use sections::{
+    AuthSettings, HostPort, LimitSettings, LogFormat, LogSettings, RedisMode, RedisSettings,
+    ServerSettings, SessionSettings, StorageSettings, TokenSettings,
+};
+
+/// The embedded defaults: the broker needs no file on disk to run.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// The publicly known HS256 secret used in development when none is set, so
+/// several local instances agree on signatures. Production refuses it.
+pub const DEVELOPMENT_SECRET: &str = "rtc-broker-development-secret-do-not-use-in-production";
+
+/// Keys whose `BROKER__` environment value is a comma-separated list.
+const LIST_KEYS: &[&str] = &[
+    "redis.cluster_nodes",
+    "redis.sentinels",
+    "auth.api_keys",
+    "tokens.previous_secrets",
+    "tokens.public_key_paths",
+];
+
+/// A configuration that cannot be served; its `Display` is the one line
+/// printed before exiting with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("configuration error: {0}")]
+    Load(#[from] ConfigError),
+    #[error("configuration error: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+fn invalid(key: &'static str, reason: impl Into<String>) -> SettingsError {
+    SettingsError::Invalid {
+        key,
+        reason: reason.into(),
+    }
+}
+
+/// Which deployment profile is running; production is strict about secrets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunEnv {
+    Development,
+    Production,
+}
+
+impl FromStr for RunEnv {
+    type Err = SettingsError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" | "development" => Ok(Self::Development),
+            "production" => Ok(Self::Production),
+            other => Err(invalid(
+                "RUN_ENV",
+                format!("unknown environment {other:?}, expected development or production"),
+            )),
+        }
+    }
+}
+
+impl RunEnv {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Production => "production",
+        }
+    }
+}
+
+/// Everything the broker reads from configuration, already validated.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Settings {
+    #[serde(skip_deserializing, default = "default_run_env")]
+    pub run_env: RunEnv,
+    pub server: ServerSettings,
+    pub limits: LimitSettings,
+    pub storage: StorageSettings,
+    pub redis: RedisSettings,
+    pub tokens: TokenSettings,
+    pub sessions: SessionSettings,
+    pub auth: AuthSettings,
+    pub log: LogSettings,
+}
+
+fn default_run_env() -> RunEnv {
+    RunEnv::Development
+}
+
+impl Settings {
+    /// Loads the layered configuration from the process environment.
+    pub fn load() -> Result<Self, SettingsError> {
+        Self::load_from(&std::env::vars().collect())
+    }
+
+    /// Loads the layered configuration from the given environment, so tests
+    /// can build settings without touching the process environment.
+    pub fn load_from(env: &HashMap<String, String>) -> Result<Self, SettingsError> {
+        let run_env: RunEnv = env.get("RUN_ENV").map_or("", String::as_str).parse()?;
+        let dir = env
+            .get("BROKER_CONFIG_DIR")
+            .map_or_else(|| PathBuf::from("config"), PathBuf::from);
+        let env_file = dir.join(format!("{}.toml", run_env.as_str()));
+
+        // Only BROKER__ variables: the legacy names are their own layer.
+        let broker_env: Map<String, String> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with("BROKER__"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let mut environment = Environment::with_prefix("BROKER")
+            .prefix_separator("__")
+            .separator("__")
+            .list_separator(",")
+            .try_parsing(true)
+            .source(Some(broker_env));
+        for key in LIST_KEYS {
+            environment = environment.with_list_parse_key(key);
+        }
+
+        let config = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .add_source(
+                File::from(env_file)
+                    .format(FileFormat::Toml)
+                    .required(false),
+            )
+            .add_source(LegacyEnv::from_env(env))
+            .add_source(environment)
+            .build()?;
+        let mut settings: Settings = config.try_deserialize()?;
+        settings.run_env = run_env;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The effective configuration as TOML with every secret replaced, for
+    /// `check-config` and start-up logs.
+    pub fn redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        let redact = |s: &mut String| {
+            if !s.is_empty() {
+                *s = "<redacted>".into();
+            }
+        };
+        redact(&mut shown.tokens.secret);
+        shown.tokens.previous_secrets.iter_mut().for_each(redact);
+        redact(&mut shown.redis.password);
+        shown.auth.api_keys.iter_mut().for_each(redact);
+        shown.redis.url = redact_url(&shown.redis.url);
+        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
+    }
+}
+
+/// Hides a password in `redis://user:password@host` URLs.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:<redacted>@{host}")
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
+        let mut env: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        env.entry("BROKER_CONFIG_DIR".into())
+            .or_insert_with(|| "/nonexistent".into());
+        Settings::load_from(&env)
+    }
+
+    #[test]
+    fn defaults_serve_in_memory_on_8080() {
+        let s = load(&[]).unwrap();
+        assert_eq!(s.server.port, 8080);
+        assert_eq!(s.server.host, "127.0.0.1");
+        assert!(!s.redis.is_configured());
+        assert_eq!(s.tokens.issuer, "rtc-broker");
+        assert_eq!(s.tokens.audience, "rtc");
+        assert_eq!(s.redis.command_timeout_ms, 1000);
+    }
+
+    #[test]
+    fn broker_env_beats_legacy_env() {
+        let s = load(&[("PORT", "7000"), ("BROKER__SERVER__PORT", "9000")]).unwrap();
+        assert_eq!(s.server.port, 9000);
+        let s = load(&[("PORT", "7000")]).unwrap();
+        assert_eq!(s.server.port, 7000);
+    }
+
+    #[test]
+    fn legacy_lists_and_names_are_read() {
+        let s = load(&[
+            ("REDIS_MODE", "cluster"),
+            ("REDIS_CLUSTER_NODES", "127.0.0.1:7000, 127.0.0.1:7001"),
+            ("API_KEYS", "a,b"),
+            ("REDIS_TTL", "120"),
+        ])
+        .unwrap();
+        assert_eq!(s.redis.mode, RedisMode::Cluster);
+        assert_eq!(s.redis.cluster_nodes.len(), 2);
+        assert_eq!(s.redis.cluster_nodes[1].port, 7001);
+        assert_eq!(s.auth.api_keys, vec!["a", "b"]);
+        assert_eq!(s.sessions.default_ttl_seconds, 120);
+        assert!(s.redis.is_configured());
+    }
+
+    #[test]
+    fn broker_env_lists_are_split() {
+        let s = load(&[("BROKER__AUTH__API_KEYS", "k1,k2")]).unwrap();
+        assert_eq!(s.auth.api_keys, vec!["k1", "k2"]);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        for (pairs, needle) in [
+            (vec![("REDIS_MODE", "foo")], "redis.mode"),
+            (
+                vec![("REDIS_MODE", "foo"), ("REDIS_ENABLED", "false")],
+                "redis.mode",
+            ),
+            (vec![("PORT", "abc")], "server.port"),
+            (vec![("BROKER__SERVER__PORT", "70000")], "server.port"),
+            (
+                vec![
+                    ("REDIS_MODE", "cluster"),
+                    ("REDIS_CLUSTER_NODES", "localhost"),
+                ],
+                "redis.cluster_nodes",
+            ),
+            (vec![("REDIS_MODE", "sentinel")], "redis.sentinels"),
+            (vec![("RUN_ENV", "staging")], "RUN_ENV"),
+            (vec![("REDIS_URL", "http://x")], "redis.url"),
+            (vec![("RUN_ENV", "production")], "tokens.secret"),
+            (
+                vec![("RUN_ENV", "production"), ("TOKEN_SECRET", "s3cret-value")],
+                "auth.api_keys",
+            ),
+            (vec![("BROKER__TOKENS__DEFAULT_TTL_SECONDS", "0")], "tokens"),
+            (
+                vec![("BROKER__TOKENS__LEEWAY_SECONDS", "3600")],
+                "tokens.leeway_seconds",
+            ),
+        ] {
+            let err = load(&pairs).expect_err(needle).to_string();
+            assert!(err.contains(needle), "{pairs:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+        }
+    }
+
+    #[test]
+    fn redaction_hides_every_secret() {
+        let s = load(&[
+            ("TOKEN_SECRET", "topsecret"),
+            ("API_KEYS", "key-one"),
+            ("REDIS_URL", "redis://user:hunter2@127.0.0.1:6379"),
+            ("REDIS_PASSWORD", "pw-123"),
+        ])
+        .unwrap();
+        let out = s.redacted_toml();
+        for secret in ["topsecret", "key-one", "hunter2", "pw-123"] {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+        assert!(out.contains("[redis]") && out.contains("[tokens]"));
+    }
+}
