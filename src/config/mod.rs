@@ -9,6 +9,7 @@
 //! environment layer in `legacy` and the cross-field checks in `validate`.
 
 mod legacy;
+mod secret;
 mod sections;
 mod validate;
 
@@ -155,41 +156,23 @@ impl Settings {
         Ok(settings)
     }
 
-    /// The effective configuration as TOML with every secret replaced, for
-    /// `check-config` and start-up logs.
+    /// The effective configuration as TOML, for `check-config`. Secrets
+    /// are `SecretString`s that serialize as `<redacted>` (see `secret`), so
+    /// there is no list of fields to hide here.
     pub fn redacted_toml(&self) -> String {
-        let mut shown = self.clone();
-        let redact = |s: &mut String| {
-            if !s.is_empty() {
-                *s = "<redacted>".into();
-            }
-        };
-        redact(&mut shown.tokens.secret);
-        shown.tokens.previous_secrets.iter_mut().for_each(redact);
-        redact(&mut shown.redis.password);
-        shown.auth.api_keys.iter_mut().for_each(redact);
-        shown.redis.url = redact_url(&shown.redis.url);
-        toml::to_string(&shown).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
-    }
-}
-
-/// Hides a password in `redis://user:password@host` URLs.
-fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
-    };
-    match rest.rsplit_once('@') {
-        Some((userinfo, host)) => {
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{scheme}://{user}:<redacted>@{host}")
-        }
-        None => url.to_string(),
+        toml::to_string(self).unwrap_or_else(|e| format!("# cannot render settings: {e}\n"))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use secrecy::{ExposeSecret, SecretString};
+
     use super::*;
+
+    fn exposed(secrets: &[SecretString]) -> Vec<&str> {
+        secrets.iter().map(|s| s.expose_secret()).collect()
+    }
 
     fn load(pairs: &[(&str, &str)]) -> Result<Settings, SettingsError> {
         let mut env: HashMap<String, String> = pairs
@@ -232,7 +215,7 @@ mod tests {
         assert_eq!(s.redis.mode, RedisMode::Cluster);
         assert_eq!(s.redis.cluster_nodes.len(), 2);
         assert_eq!(s.redis.cluster_nodes[1].port, 7001);
-        assert_eq!(s.auth.api_keys, vec!["a", "b"]);
+        assert_eq!(exposed(&s.auth.api_keys), vec!["a", "b"]);
         assert_eq!(s.sessions.default_ttl_seconds, 120);
         assert!(s.redis.is_configured());
     }
@@ -240,7 +223,7 @@ mod tests {
     #[test]
     fn broker_env_lists_are_split() {
         let s = load(&[("BROKER__AUTH__API_KEYS", "k1,k2")]).unwrap();
-        assert_eq!(s.auth.api_keys, vec!["k1", "k2"]);
+        assert_eq!(exposed(&s.auth.api_keys), vec!["k1", "k2"]);
     }
 
     #[test]
@@ -294,5 +277,96 @@ mod tests {
             assert!(!out.contains(secret), "{secret} leaked:\n{out}");
         }
         assert!(out.contains("[redis]") && out.contains("[tokens]"));
+    }
+
+    /// Every kind of secret, each with a value found nowhere else.
+    const SECRETS: &[(&str, &str)] = &[
+        ("TOKEN_SECRET", "token-secret-6f1d2c"),
+        ("API_KEYS", "api-key-one-9a8b,api-key-two-7c6d"),
+        ("REDIS_PASSWORD", "redis-password-5e4f"),
+        (
+            "BROKER__TOKENS__PREVIOUS_SECRETS",
+            "old-secret-3a2b,older-secret-1c0d",
+        ),
+        (
+            "REDIS_URL",
+            "redis://user:url-password-2b3c@127.0.0.1:6379/0",
+        ),
+    ];
+    const SECRET_VALUES: &[&str] = &[
+        "token-secret-6f1d2c",
+        "api-key-one-9a8b",
+        "api-key-two-7c6d",
+        "redis-password-5e4f",
+        "old-secret-3a2b",
+        "older-secret-1c0d",
+        "url-password-2b3c",
+    ];
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let s = load(SECRETS).unwrap();
+        // The secrets were read...
+        assert_eq!(s.tokens.secret.expose_secret(), "token-secret-6f1d2c");
+        assert_eq!(exposed(&s.tokens.previous_secrets).len(), 2);
+        assert_eq!(exposed(&s.auth.api_keys).len(), 2);
+        // ...and no Debug rendering shows them.
+        for shown in [
+            format!("{s:?}"),
+            format!("{s:#?}"),
+            format!("{:?}", s.tokens),
+            format!("{:?}", s.redis),
+            format!("{:?}", s.auth),
+        ] {
+            for secret in SECRET_VALUES {
+                assert!(!shown.contains(secret), "{secret} leaked:\n{shown}");
+            }
+        }
+    }
+
+    #[test]
+    fn check_config_output_shows_no_secret() {
+        let s = load(SECRETS).unwrap();
+        let out = s.redacted_toml();
+        for secret in SECRET_VALUES {
+            assert!(!out.contains(secret), "{secret} leaked:\n{out}");
+        }
+        // Still useful: which secrets are set, and where Redis is.
+        assert!(out.contains("secret = \"<redacted>\""), "{out}");
+        assert!(out.contains("password = \"<redacted>\""), "{out}");
+        assert!(
+            out.contains("url = \"redis://user:<redacted>@127.0.0.1:6379/0\""),
+            "{out}"
+        );
+        assert!(
+            out.contains("api_keys = [\"<redacted>\", \"<redacted>\"]"),
+            "{out}"
+        );
+        assert!(
+            out.contains("previous_secrets = [\"<redacted>\", \"<redacted>\"]"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn check_config_shows_unset_secrets_as_empty() {
+        let out = load(&[]).unwrap().redacted_toml();
+        assert!(out.contains("secret = \"\""), "{out}");
+        assert!(out.contains("password = \"\""), "{out}");
+        assert!(out.contains("url = \"\""), "{out}");
+        assert!(out.contains("api_keys = []"), "{out}");
+        assert!(!out.contains("<redacted>"), "{out}");
+    }
+
+    #[test]
+    fn a_password_only_url_is_redacted_too() {
+        let out = load(&[("REDIS_URL", "redis://:only-pass-8d7e@10.0.0.1:6380")])
+            .unwrap()
+            .redacted_toml();
+        assert!(!out.contains("only-pass-8d7e"), "{out}");
+        assert!(
+            out.contains("url = \"redis://:<redacted>@10.0.0.1:6380\""),
+            "{out}"
+        );
     }
 }

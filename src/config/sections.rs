@@ -7,7 +7,10 @@
 use std::fmt;
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
+
+use super::secret;
 
 /// Where and how the HTTP server listens.
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -109,11 +112,14 @@ impl fmt::Display for HostPort {
 pub struct RedisSettings {
     pub enabled: bool,
     pub mode: RedisMode,
-    pub url: String,
+    /// May carry a password (`redis://user:pw@host`): shown with it hidden.
+    #[serde(serialize_with = "secret::redact_url")]
+    pub url: SecretString,
     pub cluster_nodes: Vec<HostPort>,
     pub sentinels: Vec<HostPort>,
     pub sentinel_name: String,
-    pub password: String,
+    #[serde(serialize_with = "secret::redact")]
+    pub password: SecretString,
     pub db: i64,
     pub key_prefix: String,
     pub connect_timeout_ms: u64,
@@ -128,7 +134,7 @@ impl RedisSettings {
     pub fn is_configured(&self) -> bool {
         self.enabled
             && match self.mode {
-                RedisMode::Single => !self.url.is_empty(),
+                RedisMode::Single => !self.url.expose_secret().is_empty(),
                 RedisMode::Cluster => !self.cluster_nodes.is_empty(),
                 RedisMode::Sentinel => !self.sentinels.is_empty(),
             }
@@ -153,8 +159,10 @@ impl RedisSettings {
 /// Token signing and verification.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct TokenSettings {
-    pub secret: String,
-    pub previous_secrets: Vec<String>,
+    #[serde(serialize_with = "secret::redact")]
+    pub secret: SecretString,
+    #[serde(serialize_with = "secret::redact_each")]
+    pub previous_secrets: Vec<SecretString>,
     pub private_key_path: String,
     pub public_key_paths: Vec<String>,
     pub issuer: String,
@@ -175,7 +183,8 @@ pub struct SessionSettings {
 /// Who may call management endpoints.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct AuthSettings {
-    pub api_keys: Vec<String>,
+    #[serde(serialize_with = "secret::redact_each")]
+    pub api_keys: Vec<SecretString>,
 }
 
 /// Log output format.

@@ -2,6 +2,8 @@
 //! so a wrong setting stops start-up with one line naming the key instead
 //! of failing a request later.
 
+use secrecy::ExposeSecret;
+
 use super::{invalid, RedisMode, RunEnv, Settings, SettingsError, DEVELOPMENT_SECRET};
 
 /// Largest verification leeway accepted: it covers clock skew between
@@ -44,8 +46,9 @@ impl Settings {
                 "cluster mode needs at least one seed node (REDIS_CLUSTER_NODES)",
             ));
         }
-        if r.enabled && r.mode == RedisMode::Single && !r.url.is_empty() {
-            let ok = r.url.starts_with("redis://") || r.url.starts_with("rediss://");
+        let url = r.url.expose_secret();
+        if r.enabled && r.mode == RedisMode::Single && !url.is_empty() {
+            let ok = url.starts_with("redis://") || url.starts_with("rediss://");
             if !ok {
                 return Err(invalid(
                     "redis.url",
@@ -91,13 +94,14 @@ impl Settings {
             return Err(invalid("tokens.audience", "must not be empty"));
         }
         if self.run_env == RunEnv::Production {
-            if self.tokens.secret.is_empty() && self.tokens.private_key_path.is_empty() {
+            let secret = self.tokens.secret.expose_secret();
+            if secret.is_empty() && self.tokens.private_key_path.is_empty() {
                 return Err(invalid(
                     "tokens.secret",
                     "production needs TOKEN_SECRET or tokens.private_key_path",
                 ));
             }
-            if self.tokens.secret == DEVELOPMENT_SECRET {
+            if secret == DEVELOPMENT_SECRET {
                 return Err(invalid(
                     "tokens.secret",
                     "the development secret is public; production needs a real one",
