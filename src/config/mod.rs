@@ -25,6 +25,7 @@ pub use sections::{
     AuthSettings, HostPort, LimitSettings, LogFormat, LogSettings, RedisMode, RedisSettings,
     ServerSettings, SessionSettings, StorageSettings, TokenSettings,
 };
+pub use validate::MIN_TOKEN_SECRET_BYTES;
 
 /// The embedded defaults: the broker needs no file on disk to run.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -248,7 +249,10 @@ mod tests {
             (vec![("REDIS_URL", "http://x")], "redis.url"),
             (vec![("RUN_ENV", "production")], "tokens.secret"),
             (
-                vec![("RUN_ENV", "production"), ("TOKEN_SECRET", "s3cret-value")],
+                vec![
+                    ("RUN_ENV", "production"),
+                    ("TOKEN_SECRET", PRODUCTION_SECRET),
+                ],
                 "auth.api_keys",
             ),
             (vec![("BROKER__TOKENS__DEFAULT_TTL_SECONDS", "0")], "tokens"),
@@ -261,6 +265,98 @@ mod tests {
             assert!(err.contains(needle), "{pairs:?}: {err}");
             assert!(!err.contains('\n'), "one line: {err}");
         }
+    }
+
+    /// A token secret long enough for production (32 bytes).
+    const PRODUCTION_SECRET: &str = "0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn production_refuses_a_token_secret_under_32_bytes() {
+        let secret_31 = &PRODUCTION_SECRET[1..];
+        for (pairs, key) in [
+            (vec![("TOKEN_SECRET", "abc")], "tokens.secret"),
+            (vec![("TOKEN_SECRET", secret_31)], "tokens.secret"),
+            (
+                vec![("BROKER__TOKENS__SECRET", "short-broker-secret")],
+                "tokens.secret",
+            ),
+            (
+                vec![
+                    ("TOKEN_SECRET", PRODUCTION_SECRET),
+                    (
+                        "BROKER__TOKENS__PREVIOUS_SECRETS",
+                        "fedcba9876543210fedcba9876543210,old-abc",
+                    ),
+                ],
+                "tokens.previous_secrets",
+            ),
+        ] {
+            let mut env = vec![("RUN_ENV", "production"), ("API_KEYS", "k")];
+            env.extend(pairs);
+            let err = load(&env).expect_err(key).to_string();
+            assert!(err.contains(key), "{env:?}: {err}");
+            assert!(err.contains("32 bytes"), "{env:?}: {err}");
+            assert!(!err.contains('\n'), "one line: {err}");
+            for (_, value) in &env[2..] {
+                for part in value.split(',') {
+                    assert!(!err.contains(part), "secret in the message: {err}");
+                }
+            }
+        }
+        let err = load(&[
+            ("RUN_ENV", "production"),
+            ("API_KEYS", "k"),
+            ("TOKEN_SECRET", PRODUCTION_SECRET),
+            (
+                "BROKER__TOKENS__PREVIOUS_SECRETS",
+                "fedcba9876543210fedcba9876543210,old-abc",
+            ),
+        ])
+        .expect_err("short previous secret")
+        .to_string();
+        assert!(err.contains("entry 2"), "{err}");
+    }
+
+    #[test]
+    fn production_accepts_32_byte_secrets() {
+        let s = load(&[
+            ("RUN_ENV", "production"),
+            ("API_KEYS", "k"),
+            ("TOKEN_SECRET", PRODUCTION_SECRET),
+            (
+                "BROKER__TOKENS__PREVIOUS_SECRETS",
+                "fedcba9876543210fedcba9876543210",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(s.run_env, RunEnv::Production);
+        assert!(s.tokens.weak_secret_keys().is_empty());
+    }
+
+    #[test]
+    fn a_short_secret_unused_by_an_ed25519_key_is_not_refused() {
+        let s = load(&[
+            ("RUN_ENV", "production"),
+            ("API_KEYS", "k"),
+            ("TOKEN_SECRET", "abc"),
+            (
+                "BROKER__TOKENS__PRIVATE_KEY_PATH",
+                "/etc/rtc-broker/ed25519.pem",
+            ),
+        ])
+        .unwrap();
+        assert!(s.tokens.weak_secret_keys().is_empty());
+    }
+
+    #[test]
+    fn development_keeps_a_short_secret_and_reports_it() {
+        let s = load(&[("TOKEN_SECRET", "abc")]).unwrap();
+        assert_eq!(s.tokens.weak_secret_keys(), vec!["tokens.secret"]);
+        let s = load(&[("BROKER__TOKENS__PREVIOUS_SECRETS", "old")]).unwrap();
+        assert_eq!(s.tokens.weak_secret_keys(), vec!["tokens.previous_secrets"]);
+        // No secret at all: the development secret, warned about separately.
+        assert!(load(&[]).unwrap().tokens.weak_secret_keys().is_empty());
+        assert!(DEVELOPMENT_SECRET.len() >= MIN_TOKEN_SECRET_BYTES);
     }
 
     #[test]

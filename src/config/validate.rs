@@ -1,14 +1,51 @@
 //! Cross-field rules that serde cannot express, checked once at load time
 //! so a wrong setting stops start-up with one line naming the key instead
-//! of failing a request later.
+//! of failing a request later. Also the production rules for secrets.
 
 use secrecy::ExposeSecret;
 
-use super::{invalid, RedisMode, RunEnv, Settings, SettingsError, DEVELOPMENT_SECRET};
+use super::{
+    invalid, RedisMode, RunEnv, Settings, SettingsError, TokenSettings, DEVELOPMENT_SECRET,
+};
 
 /// Largest verification leeway accepted: it covers clock skew between
 /// hosts, not a grace period after expiry.
 const MAX_LEEWAY_SECONDS: u64 = 300;
+
+/// Shortest HS256 secret production accepts: RFC 7518 section 3.2 asks for
+/// a key at least as long as the SHA-256 output, and a shorter one can be
+/// guessed offline from any token the broker has issued.
+pub const MIN_TOKEN_SECRET_BYTES: usize = 32;
+
+fn is_weak(secret: &str) -> bool {
+    secret.len() < MIN_TOKEN_SECRET_BYTES
+}
+
+impl TokenSettings {
+    /// The keys (`tokens.secret`, `tokens.previous_secrets`) holding an
+    /// HS256 secret shorter than [`MIN_TOKEN_SECRET_BYTES`]: refused in
+    /// production, warned about in development. An unset `tokens.secret`
+    /// is not listed (development then uses [`DEVELOPMENT_SECRET`]), and
+    /// nothing is with an Ed25519 key, which leaves the secrets unused.
+    pub fn weak_secret_keys(&self) -> Vec<&'static str> {
+        let mut keys = Vec::new();
+        if !self.private_key_path.is_empty() {
+            return keys;
+        }
+        let secret = self.secret.expose_secret();
+        if !secret.is_empty() && is_weak(secret) {
+            keys.push("tokens.secret");
+        }
+        if self
+            .previous_secrets
+            .iter()
+            .any(|s| is_weak(s.expose_secret()))
+        {
+            keys.push("tokens.previous_secrets");
+        }
+        keys
+    }
+}
 
 impl Settings {
     /// Cross-field rules that serde cannot express.
@@ -107,12 +144,45 @@ impl Settings {
                     "the development secret is public; production needs a real one",
                 ));
             }
+            self.refuse_weak_secrets()?;
             if self.auth.api_keys.is_empty() {
                 return Err(invalid(
                     "auth.api_keys",
                     "production needs at least one API key (API_KEYS)",
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Production: every HS256 secret in use is at least
+    /// [`MIN_TOKEN_SECRET_BYTES`] long. The message never shows the secret.
+    fn refuse_weak_secrets(&self) -> Result<(), SettingsError> {
+        const MIN: usize = MIN_TOKEN_SECRET_BYTES;
+        let weak = self.tokens.weak_secret_keys();
+        if weak.contains(&"tokens.secret") {
+            return Err(invalid(
+                "tokens.secret",
+                format!(
+                    "shorter than {MIN} bytes; production needs an HS256 secret of at least \
+                     {MIN} bytes (TOKEN_SECRET, e.g. from `openssl rand -base64 48`)"
+                ),
+            ));
+        }
+        if weak.contains(&"tokens.previous_secrets") {
+            let entry = self
+                .tokens
+                .previous_secrets
+                .iter()
+                .position(|s| is_weak(s.expose_secret()))
+                .map_or(0, |i| i + 1);
+            return Err(invalid(
+                "tokens.previous_secrets",
+                format!(
+                    "entry {entry} is shorter than {MIN} bytes; production accepts only HS256 \
+                     secrets of at least {MIN} bytes"
+                ),
+            ));
         }
         Ok(())
     }
