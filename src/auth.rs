@@ -6,6 +6,7 @@ use std::future::{ready, Ready};
 use actix_web::dev::Payload;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest};
+use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -30,9 +31,9 @@ fn digest(key: &str) -> [u8; 32] {
 
 impl ApiKeys {
     /// Keeps only digests of the keys, so the keys themselves never sit in memory dumps or logs.
-    pub fn new(keys: &[String]) -> Self {
+    pub fn new(keys: &[SecretString]) -> Self {
         Self {
-            digests: keys.iter().map(|k| digest(k)).collect(),
+            digests: keys.iter().map(|k| digest(k.expose_secret())).collect(),
         }
     }
 

@@ -12,7 +12,7 @@ use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 
 use crate::auth::ApiKeys;
-use crate::config::{Settings, SettingsError};
+use crate::config::{Settings, SettingsError, MIN_TOKEN_SECRET_BYTES};
 use crate::domain::Ttl;
 use crate::extract::JsonLimits;
 use crate::health::Lifecycle;
@@ -69,6 +69,16 @@ impl Application {
                 "no token secret configured: signing with the public development secret"
             );
             warnings.push("development_token_secret");
+        }
+        // Production refuses these at load time (Settings validation).
+        let weak = settings.tokens.weak_secret_keys();
+        if !weak.is_empty() {
+            tracing::warn!(
+                keys = ?weak,
+                "HS256 token secret shorter than {MIN_TOKEN_SECRET_BYTES} bytes: it can be \
+                 guessed offline from any issued token; production refuses to start with it"
+            );
+            warnings.push("weak_token_secret");
         }
         let store = build_store(&settings).await?;
 

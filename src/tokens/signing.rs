@@ -14,6 +14,7 @@ use base64::Engine as _;
 use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -65,15 +66,15 @@ impl SigningKeys {
     pub fn from_settings(settings: &TokenSettings) -> Result<Self, KeyError> {
         let (algorithm, kid, encoding, decoding, jwks, development_secret) =
             if settings.private_key_path.is_empty() {
-                let (secret, development) = if settings.secret.is_empty() {
-                    (DEVELOPMENT_SECRET, true)
-                } else {
-                    (settings.secret.as_str(), false)
+                let (secret, development) = match settings.secret.expose_secret() {
+                    "" => (DEVELOPMENT_SECRET, true),
+                    secret => (secret, false),
                 };
                 let kid = format!("hs256-{}", short_hash("hs256", secret.as_bytes()));
                 let mut decoding = HashMap::new();
                 decoding.insert(kid.clone(), DecodingKey::from_secret(secret.as_bytes()));
                 for old in &settings.previous_secrets {
+                    let old = old.expose_secret();
                     decoding.insert(
                         format!("hs256-{}", short_hash("hs256", old.as_bytes())),
                         DecodingKey::from_secret(old.as_bytes()),

@@ -9,6 +9,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::process::{command, start};
 
+/// A token secret long enough for production (at least 32 bytes).
+const PRODUCTION_SECRET: &str = "prod-secret-for-tests-0123456789abcdef";
+
 #[test]
 fn starts_with_no_configuration_on_memory_storage() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,7 +83,10 @@ fn a_bad_value_stops_start_up_with_one_line_naming_the_key() {
         (vec![("BROKER__SERVER__PORT", "99999")], "server.port"),
         (vec![("REDIS_MODE", "sentinel")], "redis.sentinels"),
         (
-            vec![("RUN_ENV", "production"), ("TOKEN_SECRET", "x-real-secret")],
+            vec![
+                ("RUN_ENV", "production"),
+                ("TOKEN_SECRET", PRODUCTION_SECRET),
+            ],
             "auth.api_keys",
         ),
         (
@@ -98,6 +104,53 @@ fn a_bad_value_stops_start_up_with_one_line_naming_the_key() {
 }
 
 #[test]
+fn production_refuses_a_token_secret_under_32_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    for (env, key) in [
+        (
+            vec![
+                ("RUN_ENV", "production"),
+                ("TOKEN_SECRET", "abc"),
+                ("API_KEYS", "k"),
+            ],
+            "tokens.secret",
+        ),
+        (
+            vec![
+                ("RUN_ENV", "production"),
+                ("TOKEN_SECRET", PRODUCTION_SECRET),
+                ("BROKER__TOKENS__PREVIOUS_SECRETS", "old-abc"),
+                ("API_KEYS", "k"),
+            ],
+            "tokens.previous_secrets",
+        ),
+    ] {
+        let out = command(&env, dir.path()).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {out:?}");
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{env:?}: {stderr}");
+        assert!(stderr.contains(key), "{env:?}: {stderr}");
+        assert!(stderr.contains("32 bytes"), "{env:?}: {stderr}");
+        assert!(
+            !stderr.contains("abc") && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn development_starts_with_a_short_token_secret_and_warns() {
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(&[("PORT", "0"), ("TOKEN_SECRET", "abc")], dir.path());
+    let log = broker.log();
+    assert!(
+        log.contains("WARN") && log.contains("shorter than 32 bytes"),
+        "weak secret warning: {log}"
+    );
+    assert!(!log.contains("development secret"), "{log}");
+}
+
+#[test]
 fn config_file_for_run_env_is_layered_under_the_environment() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("config")).unwrap();
@@ -109,7 +162,7 @@ fn config_file_for_run_env_is_layered_under_the_environment() {
     let out = command(
         &[
             ("RUN_ENV", "production"),
-            ("TOKEN_SECRET", "prod-secret"),
+            ("TOKEN_SECRET", PRODUCTION_SECRET),
             ("API_KEYS", "k"),
             ("BROKER__TOKENS__ISSUER", "from-env"),
         ],
@@ -176,7 +229,7 @@ fn production_logs_are_json_with_request_fields() {
             ("PORT", "0"),
             ("RUN_ENV", "production"),
             ("HOST", "127.0.0.1"),
-            ("TOKEN_SECRET", "prod-secret-for-test"),
+            ("TOKEN_SECRET", PRODUCTION_SECRET),
             ("API_KEYS", "prod-key"),
         ],
         dir.path(),

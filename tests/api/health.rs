@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::{spawn_app, Backend};
+use crate::helpers::{spawn_app, spawn_app_with, Backend};
 
 #[tokio::test]
 async fn health_reports_memory_storage() {
@@ -35,6 +35,48 @@ async fn health_reports_memory_storage() {
         s["migrated"],
         json!({"tokens": 0, "sessions": 0, "revocations": 0, "counters": 0, "replay_ms": 0})
     );
+}
+
+async fn warnings(app: &crate::helpers::TestApp) -> Vec<serde_json::Value> {
+    let (status, body) = app.get("/api/health").await;
+    assert_eq!(status, 200, "{body}");
+    body["warnings"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_short_token_secret_is_a_health_warning_in_development() {
+    let weak = json!("weak_token_secret");
+    let app = spawn_app_with(Backend::Memory, &[("TOKEN_SECRET", "abc")]).await;
+    let shown = warnings(&app).await;
+    assert!(shown.contains(&weak), "{shown:?}");
+    assert!(
+        !shown.contains(&json!("development_token_secret")),
+        "{shown:?}"
+    );
+
+    let app = spawn_app_with(
+        Backend::Memory,
+        &[("BROKER__TOKENS__PREVIOUS_SECRETS", "old-abc")],
+    )
+    .await;
+    assert!(warnings(&app).await.contains(&weak));
+
+    let long = "0123456789abcdef0123456789abcdef";
+    let app = spawn_app_with(Backend::Memory, &[("TOKEN_SECRET", long)]).await;
+    let shown = warnings(&app).await;
+    assert!(!shown.contains(&weak), "{shown:?}");
+    assert!(
+        !shown.contains(&json!("development_token_secret")),
+        "{shown:?}"
+    );
+
+    // No secret: the public development secret, a warning of its own.
+    let shown = warnings(&spawn_app(Backend::Memory).await).await;
+    assert!(
+        shown.contains(&json!("development_token_secret")),
+        "{shown:?}"
+    );
+    assert!(!shown.contains(&weak), "{shown:?}");
 }
 
 #[tokio::test]

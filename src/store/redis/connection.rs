@@ -11,6 +11,8 @@ use redis::{
     Script, Value,
 };
 
+use secrecy::ExposeSecret;
+
 use crate::config::{HostPort, RedisSettings};
 
 /// One operation: a plain command or a Lua script on keys (always a single
@@ -88,8 +90,9 @@ impl Conn {
 /// Connection info for one node, with the configured password and db.
 pub fn node_info(settings: &RedisSettings, node: &HostPort) -> RedisResult<ConnectionInfo> {
     let mut redis = RedisConnectionInfo::default().set_db(settings.db);
-    if !settings.password.is_empty() {
-        redis = redis.set_password(&settings.password);
+    let password = settings.password.expose_secret();
+    if !password.is_empty() {
+        redis = redis.set_password(password);
     }
     Ok(ConnectionAddr::Tcp(node.host.clone(), node.port)
         .into_connection_info()?
@@ -98,10 +101,11 @@ pub fn node_info(settings: &RedisSettings, node: &HostPort) -> RedisResult<Conne
 
 /// Connection info from the single-mode URL, with password/db overrides.
 fn url_info(settings: &RedisSettings) -> RedisResult<ConnectionInfo> {
-    let info = settings.url.as_str().into_connection_info()?;
+    let info = settings.url.expose_secret().into_connection_info()?;
     let mut redis = info.redis_settings().clone();
-    if !settings.password.is_empty() {
-        redis = redis.set_password(&settings.password);
+    let password = settings.password.expose_secret();
+    if !password.is_empty() {
+        redis = redis.set_password(password);
     }
     if settings.db != 0 {
         redis = redis.set_db(settings.db);
@@ -156,8 +160,9 @@ pub async fn connect_cluster(settings: &RedisSettings) -> RedisResult<Conn> {
         .retries(8)
         .min_retry_wait(10)
         .max_retry_wait(200);
-    if !settings.password.is_empty() {
-        builder = builder.password(settings.password.clone());
+    let password = settings.password.expose_secret();
+    if !password.is_empty() {
+        builder = builder.password(password);
     }
     let client = builder.build()?;
     Ok(Conn::Cluster(client.get_async_connection().await?))

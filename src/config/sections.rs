@@ -1,0 +1,206 @@
+//! The section structs of the configuration, one per `[section]` of
+//! `config/default.toml`, and the small value types they hold.
+//!
+//! Kept apart from loading and validation so a new setting is a one-line
+//! change here (plus its default and, if needed, a check in `validate.rs`).
+
+use std::fmt;
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use super::secret;
+
+/// Where and how the HTTP server listens.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ServerSettings {
+    pub host: String,
+    pub port: u16,
+    pub server_id: String,
+    pub workers: usize,
+    pub shutdown_timeout_seconds: u64,
+    pub max_inflight_requests: usize,
+    pub overload_wait_ms: u64,
+}
+
+/// Request size limits that protect the broker from oversized input.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LimitSettings {
+    pub json_body_bytes: usize,
+    pub json_max_depth: usize,
+}
+
+/// Behaviour of the storage layer independent of the backend.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct StorageSettings {
+    pub fallback: bool,
+    pub sweep_interval_ms: u64,
+    pub journal_path: String,
+}
+
+/// How Redis is deployed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", rename_all = "lowercase")]
+pub enum RedisMode {
+    Single,
+    Cluster,
+    Sentinel,
+}
+
+impl TryFrom<String> for RedisMode {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        match s.as_str() {
+            "single" => Ok(Self::Single),
+            "cluster" => Ok(Self::Cluster),
+            "sentinel" => Ok(Self::Sentinel),
+            other => Err(format!(
+                "unknown Redis mode {other:?}, expected single, cluster or sentinel"
+            )),
+        }
+    }
+}
+
+impl RedisMode {
+    /// The name used in configuration, health and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Single => "single",
+            Self::Cluster => "cluster",
+            Self::Sentinel => "sentinel",
+        }
+    }
+}
+
+/// A `host:port` pair from a node or sentinel list.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl TryFrom<String> for HostPort {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        let bad = || format!("{s:?} is not host:port");
+        let (host, port) = s.trim().rsplit_once(':').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 {
+            return Err(bad());
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl From<HostPort> for String {
+    fn from(h: HostPort) -> String {
+        h.to_string()
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
+}
+
+/// Redis connection settings for all three modes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RedisSettings {
+    pub enabled: bool,
+    pub mode: RedisMode,
+    /// May carry a password (`redis://user:pw@host`): shown with it hidden.
+    #[serde(serialize_with = "secret::redact_url")]
+    pub url: SecretString,
+    pub cluster_nodes: Vec<HostPort>,
+    pub sentinels: Vec<HostPort>,
+    pub sentinel_name: String,
+    #[serde(serialize_with = "secret::redact")]
+    pub password: SecretString,
+    pub db: i64,
+    pub key_prefix: String,
+    pub connect_timeout_ms: u64,
+    pub command_timeout_ms: u64,
+    pub pool_size: u32,
+    pub health_check_interval_ms: u64,
+}
+
+impl RedisSettings {
+    /// Whether a Redis connection is configured and not switched off; when
+    /// false the in-memory store serves.
+    pub fn is_configured(&self) -> bool {
+        self.enabled
+            && match self.mode {
+                RedisMode::Single => !self.url.expose_secret().is_empty(),
+                RedisMode::Cluster => !self.cluster_nodes.is_empty(),
+                RedisMode::Sentinel => !self.sentinels.is_empty(),
+            }
+    }
+
+    /// Upper bound for one Redis command, so a hung server never hangs a request.
+    pub fn command_timeout(&self) -> Duration {
+        Duration::from_millis(self.command_timeout_ms)
+    }
+
+    /// Upper bound for establishing a connection.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+
+    /// Period of the background connection check.
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_millis(self.health_check_interval_ms)
+    }
+}
+
+/// Token signing and verification.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TokenSettings {
+    #[serde(serialize_with = "secret::redact")]
+    pub secret: SecretString,
+    #[serde(serialize_with = "secret::redact_each")]
+    pub previous_secrets: Vec<SecretString>,
+    pub private_key_path: String,
+    pub public_key_paths: Vec<String>,
+    pub issuer: String,
+    pub audience: String,
+    pub default_ttl_seconds: u64,
+    pub max_ttl_seconds: u64,
+    pub leeway_seconds: u64,
+}
+
+/// Session record lifetimes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct SessionSettings {
+    pub default_ttl_seconds: u64,
+    pub max_ttl_seconds: u64,
+    pub max_members: usize,
+}
+
+/// Who may call management endpoints.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct AuthSettings {
+    #[serde(serialize_with = "secret::redact_each")]
+    pub api_keys: Vec<SecretString>,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Auto,
+    Json,
+    Pretty,
+}
+
+/// Logging settings; `RUST_LOG` still overrides the level.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
