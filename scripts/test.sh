@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine or a developer's laptop:
 # installs what the suite needs when it is missing (Redis server and tools,
-# ffmpeg), then runs formatting, lints and every test.
+# ffmpeg, Node.js and npm), sets up the Node peer for tests/mixed_fleet,
+# then runs formatting, lints and every test.
 #
 #   scripts/test.sh
 #
@@ -16,6 +17,10 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+# tests/mixed_fleet runs the Node peer. NodeSource's nodejs ships npm and
+# conflicts with Debian's npm package, so npm only when the command is missing.
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   sudo=""
@@ -34,6 +39,35 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 log "redis: $(redis-server --version | head -n1)"
 log "ffmpeg: $(ffmpeg -hide_banner -version | head -n1)"
+log "node: $(node --version), npm $(npm --version)"
+
+# --- Node peer (tests/mixed_fleet) ------------------------------------------
+# The Node deployments' token service, from the workspace beside the repo,
+# with its locked dependencies in target/node-seed (npm ci only when they are
+# missing or the lock file changed).
+seed_src=../shared/peers/node-seed
+seed_dir=target/node-seed
+if [ ! -f "$seed_src/server.js" ] || [ ! -f "$seed_src/package-lock.json" ]; then
+  echo "missing $(cd .. && pwd)/shared/peers/node-seed (server.js, package.json," \
+    "package-lock.json): tests/mixed_fleet needs the workspace's shared/peers beside the repo" >&2
+  exit 1
+fi
+mkdir -p "$seed_dir"
+if [ -d "$seed_dir/node_modules" ] &&
+  cmp -s "$seed_src/package.json" "$seed_dir/package.json" &&
+  cmp -s "$seed_src/package-lock.json" "$seed_dir/package-lock.json"; then
+  log "node-seed: dependencies up to date in $seed_dir"
+  install -m 0644 "$seed_src/server.js" "$seed_dir/server.js"
+else
+  log "node-seed: npm ci in $seed_dir"
+  install -m 0644 "$seed_src/server.js" "$seed_src/package.json" "$seed_src/package-lock.json" "$seed_dir/"
+  if ! (cd "$seed_dir" && npm ci --no-audit --no-fund); then
+    rm -rf "$seed_dir/node_modules" # never taken for a finished install
+    echo "npm ci failed in $seed_dir" >&2
+    exit 1
+  fi
+fi
+export NODE_SEED_DIR="$PWD/$seed_dir"
 
 # --- Rust -------------------------------------------------------------------
 log "cargo fmt --check"

@@ -5,8 +5,10 @@ mod claims;
 mod service;
 mod signing;
 
-pub use claims::{Claims, Grants};
-pub use service::{stored_claims, IssueRequest, IssuedToken, StoredToken, TokenService};
+pub use claims::{Claims, Grants, StoredClaims};
+pub use service::{
+    revocation, stored_claims, IssueRequest, IssuedToken, StoredToken, TokenService,
+};
 pub use signing::{KeyError, SigningKeys};
 
 use crate::store::StoreError;

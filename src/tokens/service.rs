@@ -3,11 +3,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{Claims, Grants, SigningKeys, TokenError};
+use super::claims::RawStoredClaims;
+use super::{Claims, Grants, SigningKeys, StoredClaims, TokenError};
 use crate::clock::unix_now;
 use crate::config::TokenSettings;
 use crate::domain::{Id, Ttl};
-use crate::store::{keys, Store};
+use crate::store::{keys, Key, Store};
 
 /// A validated request for a new token.
 #[derive(Debug, Clone)]
@@ -29,12 +30,15 @@ pub struct IssuedToken {
     pub expires_at: u64,
 }
 
-/// The live token stored for a session.
+/// The live token stored for a session, whoever wrote it (this broker or
+/// a Node deployment on the same Redis).
 #[derive(Debug, Clone, Serialize)]
 pub struct StoredToken {
     pub rtc_token: String,
     pub session_id: Id,
-    pub expires_at: u64,
+    /// The token's `exp`; `None` (JSON `null`) when the token carries no
+    /// numeric `exp`, in which case only the key's TTL bounds its life.
+    pub expires_at: Option<u64>,
 }
 
 /// Issues, stores, fetches, revokes and verifies RTC tokens. Cheap to clone.
@@ -95,15 +99,18 @@ impl TokenService {
         })
     }
 
-    /// The session's live token.
+    /// The session's live token, byte for byte as stored. Any JWT counts,
+    /// ours or a Node deployment's: it is not verified here (see
+    /// [`stored_claims`]). One whose `exp` has passed is not live; one
+    /// without a numeric `exp` is live for as long as the key exists.
     pub async fn fetch(&self, session_id: &Id) -> Result<StoredToken, TokenError> {
-        let token = self
-            .store
-            .get(&keys::token(session_id))
-            .await?
-            .ok_or(TokenError::NoToken)?;
-        let claims = stored_claims(&token).ok_or(TokenError::NoToken)?;
-        if claims.exp <= unix_now() {
+        let key = keys::token(session_id);
+        let token = self.store.get(&key).await?.ok_or(TokenError::NoToken)?;
+        let Some(claims) = stored_claims(&token) else {
+            tracing::warn!(%key, "stored value is not a JWT; answering no_rtc_token");
+            return Err(TokenError::NoToken);
+        };
+        if claims.exp.is_some_and(|exp| exp <= unix_now()) {
             return Err(TokenError::NoToken);
         }
         Ok(StoredToken {
@@ -127,15 +134,10 @@ impl TokenService {
             }
             return Ok(());
         };
-        if let Some(claims) = stored_claims(&token) {
-            let remaining = claims.exp.saturating_sub(unix_now()) + self.leeway;
-            self.store
-                .set(
-                    &keys::revoked_token(&claims.jti),
-                    "1",
-                    Duration::from_secs(remaining.max(1)),
-                )
-                .await?;
+        if let Some((revoked, ttl)) =
+            stored_claims(&token).and_then(|c| revocation(&c, self.leeway))
+        {
+            self.store.set(&revoked, "1", ttl).await?;
         }
         // Only remove the token we revoked: a newer one issued meanwhile stays.
         self.store
@@ -160,11 +162,94 @@ impl TokenService {
     }
 }
 
-/// Reads the claims of a token this broker stored itself. No signature
-/// check: the value came from our own store, and a rotated key must not
-/// make a live token unreadable.
-pub fn stored_claims(token: &str) -> Option<Claims> {
-    jsonwebtoken::dangerous::insecure_decode::<Claims>(token)
+/// Reads the times and id of a token from our own store, written by this
+/// broker or by a Node deployment sharing the Redis. No signature check:
+/// the value came from our own store, and a rotated key must not make a
+/// live token unreadable. `None` when the value is not a JWT (three
+/// base64url parts, a JSON header, a JSON object as claims).
+pub fn stored_claims(token: &str) -> Option<StoredClaims> {
+    jsonwebtoken::dangerous::insecure_decode::<RawStoredClaims>(token)
         .ok()
-        .map(|d| d.claims)
+        .map(|d| d.claims.into())
+}
+
+/// The revocation marker that goes with removing a stored token: its `jti`
+/// key and a TTL reaching `leeway_seconds` past the token's expiry (at
+/// least 1 s). `None` when verification could never accept the token
+/// anyway, so there is nothing to revoke: no `jti` that is an id, or no
+/// `exp` (verify requires both).
+pub fn revocation(claims: &StoredClaims, leeway_seconds: u64) -> Option<(Key, Duration)> {
+    let jti = Id::parse(claims.jti.as_deref()?).ok()?;
+    let remaining = claims.exp?.saturating_sub(unix_now()) + leeway_seconds;
+    Some((
+        keys::revoked_token(jti.as_str()),
+        Duration::from_secs(remaining.max(1)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// Signs `claims` the way the Node deployments do: HS256, no `kid`.
+    fn node_token(claims: &Value) -> String {
+        encode(
+            &Header::new(Algorithm::HS256),
+            claims,
+            &EncodingKey::from_secret(b"shared"),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn node_claims_are_read_without_the_broker_only_ones() {
+        let token = node_token(&json!({
+            "sub": "alice", "sid": "s1", "iat": 1_700_000_000u64, "exp": 1_700_000_060u64,
+            "jti": "6f1c7c8e-0b7e-4d55-9d2c-6b0f0c1d2e3f",
+        }));
+        let claims = stored_claims(&token).unwrap();
+        assert_eq!(
+            claims,
+            StoredClaims {
+                iat: Some(1_700_000_000),
+                exp: Some(1_700_000_060),
+                jti: Some("6f1c7c8e-0b7e-4d55-9d2c-6b0f0c1d2e3f".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn odd_claim_types_read_as_absent_and_non_jwts_as_none() {
+        let claims = stored_claims(&node_token(&json!({"exp": "1700000060", "jti": 7}))).unwrap();
+        assert_eq!((claims.iat, claims.exp, claims.jti), (None, None, None));
+        let claims = stored_claims(&node_token(&json!({"iat": 10.9, "exp": -5}))).unwrap();
+        assert_eq!((claims.iat, claims.exp), (Some(10), Some(0)));
+        for value in ["not a jwt", "", "a.b.c", "x.y", &node_token(&json!([1, 2]))] {
+            assert_eq!(stored_claims(value), None, "{value}");
+        }
+    }
+
+    #[test]
+    fn revocation_needs_an_id_jti_and_an_exp() {
+        let now = unix_now();
+        let claims = |jti: Option<&str>, exp: Option<u64>| StoredClaims {
+            iat: Some(now),
+            exp,
+            jti: jti.map(str::to_string),
+        };
+        let (key, ttl) = revocation(&claims(Some("j-1"), Some(now + 60)), 5).unwrap();
+        assert_eq!(key.as_str(), "rtc:revoked:j-1");
+        assert!((64..=65).contains(&ttl.as_secs()), "{ttl:?}");
+        // Expired: the marker still outlives it by the leeway.
+        let (_, ttl) = revocation(&claims(Some("j-1"), Some(now - 600)), 5).unwrap();
+        assert_eq!(ttl.as_secs(), 5);
+        let (_, ttl) = revocation(&claims(Some("j-1"), Some(now - 600)), 0).unwrap();
+        assert_eq!(ttl.as_secs(), 1);
+        assert_eq!(revocation(&claims(None, Some(now + 60)), 5), None);
+        assert_eq!(revocation(&claims(Some("a b"), Some(now + 60)), 5), None);
+        assert_eq!(revocation(&claims(Some("j-1"), None), 5), None);
+    }
 }

@@ -179,6 +179,18 @@ async fn verify_accepts_good_tokens_and_rejects_bad_ones(backend: Backend) {
             c.as_object_mut().unwrap().remove("aud");
             forge(&c, kid)
         }),
+        // What the Node deployments sign (no iss, aud, nbf, grants), even
+        // with our kid: fetch serves such tokens, verify never accepts them.
+        (
+            "node claim set",
+            forge(
+                &json!({
+                    "sub": claims["sub"], "sid": claims["sid"], "room": claims["room"],
+                    "iat": now, "exp": now + 60, "jti": claims["jti"],
+                }),
+                kid,
+            ),
+        ),
         ("garbage", "not.a.jwt".to_string()),
         ("wrong secret", {
             let mut h = Header::new(Algorithm::HS256);

@@ -39,9 +39,17 @@ pub fn require_redis() {
 
 type SpawnRequest = (Command, mpsc::Sender<std::io::Result<Child>>);
 
-/// Spawns from a thread that lives as long as the process: the death
-/// signal is tied to the spawning thread, not to the process.
+/// Spawns a quiet `redis-server` tied to the test process (see `spawn_tied`).
 fn spawn(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    spawn_tied(cmd).expect("spawn redis-server")
+}
+
+/// Spawns `cmd` (stdio as the caller set it) so that it gets SIGKILL when
+/// the test process ends, even from a static that is never dropped. The
+/// spawn happens on a thread that lives as long as the process: the death
+/// signal is tied to the spawning thread, not to the process.
+pub fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
     static SPAWNER: OnceLock<Mutex<mpsc::Sender<SpawnRequest>>> = OnceLock::new();
     let sender = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnRequest>();
@@ -61,15 +69,12 @@ fn spawn(mut cmd: Command) -> Child {
         Mutex::new(tx)
     });
     let (tx, rx) = mpsc::channel();
-    cmd.stdout(Stdio::null()).stderr(Stdio::null());
     sender
         .lock()
         .unwrap()
         .send((cmd, tx))
         .expect("spawner thread");
-    rx.recv()
-        .expect("spawner reply")
-        .expect("spawn redis-server")
+    rx.recv().expect("spawner reply")
 }
 
 /// A free loopback port whose cluster bus port (+10000) is free too.
