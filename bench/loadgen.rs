@@ -6,11 +6,13 @@
 //! requests/s and p50/p99 latency per operation. Bounded in time and
 //! loopback-only by construction.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[path = "broker.rs"]
+mod broker;
+
+use broker::Broker;
 use clap::Parser;
 use serde_json::json;
 
@@ -36,48 +38,8 @@ struct Args {
     label: String,
 }
 
-struct Broker(Child);
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn start_broker(args: &Args) -> (Broker, u16) {
-    let mut cmd = Command::new(&args.broker_bin);
-    cmd.env("PORT", "0")
-        .env("HOST", "127.0.0.1")
-        .env("RUST_LOG", "warn,rtc_broker::startup=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for pair in &args.env {
-        let (k, v) = pair.split_once('=').expect("--env takes KEY=VALUE");
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .spawn()
-        .expect("start the broker binary (build it with --release)");
-    let stderr = child.stderr.take().expect("stderr");
-    let broker = Broker(child);
-    let mut lines = BufReader::new(stderr).lines();
-    let port = loop {
-        let line = lines
-            .next()
-            .expect("broker exited before listening")
-            .expect("read broker log");
-        if let Some(port) = line
-            .contains("rtc-broker listening")
-            .then(|| {
-                line.split_whitespace()
-                    .find_map(|w| w.strip_prefix("port="))
-            })
-            .flatten()
-        {
-            break port.parse().expect("port");
-        }
-    };
+    let (broker, port, lines) = broker::start(args.broker_bin.as_ref(), &args.env);
     // Keep draining the log so the broker never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (broker, port)
