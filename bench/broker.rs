@@ -5,6 +5,21 @@ use std::io::{BufRead, BufReader, Lines};
 use std::path::Path;
 use std::process::{Child, ChildStderr, Command, Stdio};
 
+// The flags both bench tools take to start the broker and label results
+// (a plain comment: clap would take a doc comment as the tools' about text).
+#[derive(clap::Args)]
+pub struct BrokerArgs {
+    /// The broker binary to start.
+    #[arg(long, default_value = "target/release/rtc-broker")]
+    pub broker_bin: String,
+    /// Extra environment for the broker, KEY=VALUE (repeatable).
+    #[arg(long = "env")]
+    pub env: Vec<String>,
+    /// Label printed with the results (e.g. memory, single, cluster).
+    #[arg(long, default_value = "memory")]
+    pub label: String,
+}
+
 pub struct Broker(pub Child);
 
 impl Drop for Broker {

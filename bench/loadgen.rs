@@ -18,9 +18,8 @@ use serde_json::json;
 
 #[derive(Parser)]
 struct Args {
-    /// The broker binary to start.
-    #[arg(long, default_value = "target/release/rtc-broker")]
-    broker_bin: String,
+    #[command(flatten)]
+    broker: broker::BrokerArgs,
     /// Seconds per operation (capped at 120).
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -30,16 +29,10 @@ struct Args {
     /// Distinct session ids used.
     #[arg(long, default_value_t = 10_000)]
     sessions: usize,
-    /// Extra environment for the broker, KEY=VALUE (repeatable).
-    #[arg(long = "env")]
-    env: Vec<String>,
-    /// Label printed with the results (e.g. memory, single, cluster).
-    #[arg(long, default_value = "memory")]
-    label: String,
 }
 
 fn start_broker(args: &Args) -> (Broker, u16) {
-    let (broker, port, lines) = broker::start(args.broker_bin.as_ref(), &args.env);
+    let (broker, port, lines) = broker::start(args.broker.broker_bin.as_ref(), &args.broker.env);
     // Keep draining the log so the broker never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     (broker, port)
@@ -153,7 +146,7 @@ async fn main() {
 
     println!(
         "rtc-broker benchmark [{}]: {} client tasks, {} s per operation, loopback",
-        args.label, args.concurrency, seconds
+        args.broker.label, args.concurrency, seconds
     );
     println!(
         "{:<42} {:>10} {:>9} {:>9} {:>8}",
@@ -198,7 +191,7 @@ async fn main() {
         // One machine-readable line per result, collated by bench/run.sh.
         println!(
             "RESULT\t{}\t{}\t{rps:.0}\t{p50:.2}\t{p99:.2}\t{errors}",
-            args.label,
+            args.broker.label,
             op.short()
         );
     }

@@ -30,9 +30,8 @@ use tokio::net::TcpStream;
 
 #[derive(Parser)]
 struct Args {
-    /// The broker binary to start.
-    #[arg(long, default_value = "target/release/rtc-broker")]
-    broker_bin: String,
+    #[command(flatten)]
+    broker: broker::BrokerArgs,
     /// Pipelining connections (capped at 1,000).
     #[arg(long, default_value_t = 200)]
     connections: usize,
@@ -45,16 +44,10 @@ struct Args {
     /// Seconds to wait after the burst before reading the RSS "after".
     #[arg(long, default_value_t = 5)]
     settle_seconds: u64,
-    /// Extra environment for the broker, KEY=VALUE (repeatable).
-    #[arg(long = "env")]
-    env: Vec<String>,
-    /// Label printed with the results (e.g. memory, single).
-    #[arg(long, default_value = "memory")]
-    label: String,
 }
 
 fn start_broker(args: &Args) -> (Broker, u16) {
-    let (broker, port, lines) = broker::start(args.broker_bin.as_ref(), &args.env);
+    let (broker, port, lines) = broker::start(args.broker.broker_bin.as_ref(), &args.broker.env);
     // Keep the log flowing (and visible: warnings only) so the broker never
     // blocks on a full pipe.
     std::thread::spawn(move || {
@@ -323,7 +316,7 @@ async fn main() {
     let max = |v: &[f64]| v.last().copied().unwrap_or(f64::NAN);
     println!(
         "rtc-broker pipelining burst [{}]: {connections} connections x {requests} pipelined GET /api/voice/token/<id>, loopback",
-        args.label
+        args.broker.label
     );
     println!(
         "  burst took {burst_s:.1} s ({:.0} responses/s)",
@@ -364,7 +357,7 @@ async fn main() {
     // One machine-readable line, collated by bench/pipeline.sh.
     println!(
         "RESULT\t{}\t{:.0}\t{:.0}\t{:.0}\t{:.1}\t{:.1}\t{:.1}\t{:.1}\t{}\t{}\t{}",
-        args.label,
+        args.broker.label,
         mib(before),
         mib(peak),
         mib(after),

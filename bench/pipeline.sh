@@ -22,26 +22,7 @@ BACKENDS=${BACKENDS:-memory single}
 EXTRA_ENV=${EXTRA_ENV:-}
 
 cargo build --release --quiet --bin rtc-broker --example pipeline
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_redis() { # port
-  local port=$1
-  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$work" --daemonize no >"$work/redis-$port.log" 2>&1 &
-  pids+=($!)
-  disown
-  for _ in $(seq 100); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "redis on $port did not start" >&2; exit 1
-}
+source bench/lib.sh
 
 run() { # label [--env K=V ...]
   local label=$1; shift

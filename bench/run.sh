@@ -21,26 +21,7 @@ BACKENDS=${BACKENDS:-memory single single-pool cluster}
 POOL_SIZE=${POOL_SIZE:-16}
 
 cargo build --release --quiet --bin rtc-broker --example loadgen
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill -9 "$pid" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-start_redis() { # port [extra args...]
-  local port=$1; shift
-  redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-    --dir "$work" --daemonize no "$@" >"$work/redis-$port.log" 2>&1 &
-  pids+=($!)
-  disown
-  for _ in $(seq 100); do
-    redis-cli -p "$port" ping >/dev/null 2>&1 && return 0
-    sleep 0.05
-  done
-  echo "redis on $port did not start" >&2; exit 1
-}
+source bench/lib.sh
 
 ensure_single() {
   redis-cli -p 46379 ping >/dev/null 2>&1 || start_redis 46379

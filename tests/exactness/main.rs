@@ -94,6 +94,27 @@ impl Broker {
     }
 }
 
+/// A fallback store over `redis` that notices a paused Redis within 300 ms.
+async fn fallback_over(redis: &Single) -> FallbackStore {
+    let extra = [
+        ("REDIS_COMMAND_TIMEOUT", "300"),
+        ("REDIS_CONNECT_TIMEOUT", "300"),
+    ];
+    let inner = redis_store(&redis.url(), &extra).await;
+    let memory = MemoryStore::new(Duration::from_millis(100));
+    let reconcile = Arc::new(DomainReconcile { leeway_seconds: 0 });
+    FallbackStore::new(inner, memory, reconcile, None).await
+}
+
+/// Waits (20 s at most, else fails with `why`) for the replay to finish.
+async fn wait_back_on_redis(store: &FallbackStore, why: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while store.in_fallback() {
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// A refusal's `detail` is the broker's own text, never Redis's.
 fn assert_no_redis_text(body: &Value) {
     let detail = body["detail"].as_str().unwrap_or_default();
@@ -237,14 +258,7 @@ async fn a_swap_whose_reply_is_lost_is_reported_as_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counters_replay_as_the_maximum_of_memory_and_redis() {
     let redis = Arc::new(blocking(Single::start).await);
-    let extra = [
-        ("REDIS_COMMAND_TIMEOUT", "300"),
-        ("REDIS_CONNECT_TIMEOUT", "300"),
-    ];
-    let inner = redis_store(&redis.url(), &extra).await;
-    let memory = MemoryStore::new(Duration::from_millis(100));
-    let reconcile = Arc::new(DomainReconcile { leeway_seconds: 0 });
-    let store = FallbackStore::new(inner, memory, reconcile, None).await;
+    let store = fallback_over(&redis).await;
     let ttl = Duration::from_secs(600);
     let key = |id: &str| keys::recording_chunk_index(&Id::parse(id).unwrap());
     let (ahead, behind, fresh) = (key("redis-ahead"), key("redis-behind"), key("fresh"));
@@ -267,11 +281,7 @@ async fn counters_replay_as_the_maximum_of_memory_and_redis() {
     }
     redis.node.resume();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while store.in_fallback() {
-        assert!(Instant::now() < deadline, "never migrated back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_back_on_redis(&store, "never migrated back").await;
     let value = |name: &str| -> i64 { redis.node.cli(&["GET", name]).trim().parse().unwrap() };
     // 10, or 11: the increment that timed out on the paused Redis was
     // still in its socket and ran when it resumed. Never memory's 1.
@@ -341,4 +351,27 @@ async fn a_refused_counter_is_an_error_in_redis_and_in_memory_alike() {
         "abc"
     );
     assert!(store.is_connected(), "a refusal is not a lost connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_write_redis_refuses_is_skipped_not_pinning_the_fallback() {
+    let redis = Arc::new(blocking(Single::start).await);
+    let store = fallback_over(&redis).await;
+    let ttl = Duration::from_secs(600);
+    let (listed, plain) = (
+        keys::token(&Id::parse("listed").unwrap()),
+        keys::token(&Id::parse("plain").unwrap()),
+    );
+    // Foreign data of another type sits under one of our keys.
+    redis.node.cli(&["LPUSH", "rtc:token:listed", "x"]);
+
+    redis.node.pause();
+    store.set(&plain, "p", ttl).await.unwrap();
+    assert!(store.in_fallback());
+    store.set(&listed, "l", ttl).await.unwrap();
+    redis.node.resume();
+
+    wait_back_on_redis(&store, "a refused key pinned the fallback").await;
+    assert_eq!(redis.node.cli(&["GET", "rtc:token:plain"]).trim(), "p");
+    assert_eq!(redis.node.cli(&["TYPE", "rtc:token:listed"]).trim(), "list");
 }

@@ -156,8 +156,13 @@ impl Inner {
 
     /// Records a memory write for replay, on disk first when configured.
     fn journal(&self, key: &Key, change: Change) -> StoreResult<()> {
-        if let Some(record) = self.disk.as_ref().and_then(|_| self.record(key, change)) {
-            self.append(&record)?;
+        if let Some(disk) = &self.disk {
+            if let Some(record) = self.record(key, change) {
+                disk.append(&record).map_err(|e| {
+                    tracing::error!(error = %e, path = %disk.path().display(), "cannot write the fallback journal");
+                    StoreError::Unavailable(Box::new(e))
+                })?;
+            }
         }
         self.lock_queue().push(key, change);
         Ok(())
@@ -182,16 +187,6 @@ impl Inner {
                 at_ms,
             }),
         }
-    }
-
-    fn append(&self, record: &Record) -> StoreResult<()> {
-        let Some(disk) = &self.disk else {
-            return Ok(());
-        };
-        disk.append(record).map_err(|e| {
-            tracing::error!(error = %e, path = %disk.path().display(), "cannot write the fallback journal");
-            StoreError::Unavailable(Box::new(e))
-        })
     }
 
     /// Forgets queued puts whose value already expired in memory, so a long
