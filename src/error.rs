@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::domain::{IdError, TtlError};
+use crate::rooms::PublishError;
 use crate::sessions::SessionError;
 use crate::store::StoreError;
 use crate::tokens::TokenError;
@@ -52,6 +53,14 @@ pub enum ApiError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Overloaded(String),
+    #[error("{0}")]
+    RoomForbidden(String),
+    #[error("this Origin is not allowed to connect")]
+    OriginForbidden,
+    #[error("the room has reached its member limit")]
+    RoomFull,
+    #[error(transparent)]
+    Publish(#[from] PublishError),
 }
 
 impl ApiError {
@@ -85,11 +94,20 @@ impl ApiError {
             Self::Session(S::MemberNotFound) => ("member_not_found", C::NOT_FOUND),
             Self::Session(S::TooLarge(_)) => ("payload_too_large", C::PAYLOAD_TOO_LARGE),
             Self::Session(S::Full(_)) => ("session_full", C::CONFLICT),
-            Self::Store(e) | Self::Token(T::Store(e)) | Self::Session(S::Store(e)) => store_code(e),
+            Self::Store(e)
+            | Self::Token(T::Store(e))
+            | Self::Session(S::Store(e))
+            | Self::Publish(PublishError::Store(e)) => store_code(e),
             Self::Session(S::Contended) | Self::Session(S::OnlyInRedis) => {
                 ("storage_unavailable", C::SERVICE_UNAVAILABLE)
             }
             Self::Overloaded(_) => ("overloaded", C::SERVICE_UNAVAILABLE),
+            Self::RoomForbidden(_) => ("room_forbidden", C::FORBIDDEN),
+            Self::OriginForbidden => ("origin_forbidden", C::FORBIDDEN),
+            Self::RoomFull => ("room_full", C::FORBIDDEN),
+            Self::Publish(PublishError::BufferFull(_)) => {
+                ("storage_unavailable", C::SERVICE_UNAVAILABLE)
+            }
             Self::Token(T::Signing(_)) | Self::Session(S::Corrupt(_)) => {
                 ("internal_error", C::INTERNAL_SERVER_ERROR)
             }
@@ -101,7 +119,8 @@ impl ApiError {
         match self {
             Self::Store(e)
             | Self::Token(TokenError::Store(e))
-            | Self::Session(SessionError::Store(e)) => Some(e),
+            | Self::Session(SessionError::Store(e))
+            | Self::Publish(PublishError::Store(e)) => Some(e),
             _ => None,
         }
     }

@@ -7,7 +7,8 @@
 //! `migration` (replay rules after an outage), `domain` (validated ids and TTLs),
 //! `extract` (request parsing), `auth` (API keys), `error` (errors to HTTP),
 //! `health` (lifecycle), `telemetry` (logs, request spans), `overload` (load
-//! shedding), `shutdown`.
+//! shedding), `shutdown`, `rooms` (WebSocket rooms and their bus between
+//! instances), `origins` (the allowed browser origins).
 
 pub mod auth;
 pub mod clock;
@@ -17,7 +18,9 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod migration;
+pub mod origins;
 pub mod overload;
+pub mod rooms;
 pub mod routes;
 pub mod sessions;
 pub mod shutdown;

@@ -17,7 +17,9 @@ use crate::domain::Ttl;
 use crate::extract::JsonLimits;
 use crate::health::Lifecycle;
 use crate::migration::DomainReconcile;
+use crate::origins::AllowedOrigins;
 use crate::overload::{self, InflightLimit};
+use crate::rooms::Rooms;
 use crate::routes;
 use crate::sessions::SessionService;
 use crate::state::{AppState, FieldLimits};
@@ -80,7 +82,14 @@ impl Application {
             );
             warnings.push("weak_token_secret");
         }
-        let store = build_store(&settings).await?;
+        let (store, redis) = build_store(&settings).await?;
+        let rooms = Rooms::start(
+            &settings.rooms,
+            settings.limits.json_max_depth,
+            settings.storage.fallback,
+            redis,
+            &settings.server.server_id,
+        );
 
         let limits = FieldLimits {
             token_max_ttl: settings.tokens.max_ttl_seconds,
@@ -104,6 +113,7 @@ impl Application {
                 settings.sessions.max_members,
             ),
             store,
+            rooms,
             lifecycle: Arc::new(Lifecycle::new(settings.server.server_id.clone())),
             warnings: Arc::new(warnings),
             limits,
@@ -161,6 +171,9 @@ impl Application {
             signal = shutdown => {
                 tracing::info!(signal, "shutting down: draining in-flight requests");
                 lifecycle.mark_shutting_down();
+                // WebSockets would hold the graceful stop until its timeout:
+                // close them (1001) first.
+                self.state.rooms.shutdown();
                 handle.stop(true).await;
             }
         }
@@ -179,11 +192,15 @@ impl Application {
     }
 }
 
-async fn build_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupError> {
+/// The store, and the Redis store inside it (for the rooms' bus) when
+/// Redis is configured.
+async fn build_store(
+    settings: &Settings,
+) -> Result<(Arc<dyn Store>, Option<RedisStore>), StartupError> {
     let memory = || MemoryStore::new(Duration::from_millis(settings.storage.sweep_interval_ms));
     if !settings.redis.is_configured() {
         tracing::info!(storage = "memory", "using in-memory storage");
-        return Ok(Arc::new(memory()));
+        return Ok((Arc::new(memory()), None));
     }
     tracing::info!(
         storage = "redis",
@@ -193,7 +210,7 @@ async fn build_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupError
     );
     let redis = RedisStore::connect(settings.redis.clone()).await;
     if !settings.storage.fallback {
-        return Ok(Arc::new(redis));
+        return Ok((Arc::new(redis.clone()), Some(redis)));
     }
     let reconcile = DomainReconcile {
         leeway_seconds: settings.tokens.leeway_seconds,
@@ -208,8 +225,8 @@ async fn build_store(settings: &Settings) -> Result<Arc<dyn Store>, StartupError
                 }
             })?),
         };
-    let store = FallbackStore::new(redis, memory(), Arc::new(reconcile), journal).await;
-    Ok(Arc::new(store))
+    let store = FallbackStore::new(redis.clone(), memory(), Arc::new(reconcile), journal).await;
+    Ok((Arc::new(store), Some(redis)))
 }
 
 fn http_server(
@@ -223,6 +240,10 @@ fn http_server(
         max_depth: settings.limits.json_max_depth,
     };
     let api_keys = ApiKeys::new(&settings.auth.api_keys);
+    let origins = web::Data::new(AllowedOrigins::new(
+        &settings.cors.allowed_origins,
+        settings.run_env,
+    ));
     // One limit for the instance, not one per worker.
     let inflight = InflightLimit::new(
         settings.server.max_inflight_requests,
@@ -233,6 +254,7 @@ fn http_server(
             .app_data(state.clone())
             .app_data(json_limits)
             .app_data(api_keys.clone())
+            .app_data(origins.clone())
             .app_data(inflight.clone())
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::health::Lifecycle;
+use crate::rooms::Rooms;
 use crate::sessions::SessionService;
 use crate::store::Store;
 use crate::tokens::TokenService;
@@ -14,6 +15,7 @@ pub struct AppState {
     pub tokens: TokenService,
     pub sessions: SessionService,
     pub store: Arc<dyn Store>,
+    pub rooms: Rooms,
     pub lifecycle: Arc<Lifecycle>,
     /// Start-up conditions operators should know about (e.g. the public
     /// development secret), listed in `/api/health`.

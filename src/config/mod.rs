@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use legacy::LegacyEnv;
 pub use sections::{
-    AuthSettings, HostPort, LimitSettings, LogFormat, LogSettings, RedisMode, RedisSettings,
-    ServerSettings, SessionSettings, StorageSettings, TokenSettings,
+    AuthSettings, CorsSettings, HostPort, LimitSettings, LogFormat, LogSettings, RedisMode,
+    RedisSettings, RoomsSettings, ServerSettings, SessionSettings, StorageSettings, TokenSettings,
 };
 pub use validate::MIN_TOKEN_SECRET_BYTES;
 
@@ -41,6 +41,7 @@ const LIST_KEYS: &[&str] = &[
     "auth.api_keys",
     "tokens.previous_secrets",
     "tokens.public_key_paths",
+    "cors.allowed_origins",
 ];
 
 /// A configuration that cannot be served; its `Display` is the one line
@@ -103,6 +104,8 @@ pub struct Settings {
     pub tokens: TokenSettings,
     pub sessions: SessionSettings,
     pub auth: AuthSettings,
+    pub rooms: RoomsSettings,
+    pub cors: CorsSettings,
     pub log: LogSettings,
 }
 

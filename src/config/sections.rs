@@ -74,7 +74,7 @@ impl RedisMode {
 }
 
 /// A `host:port` pair from a node or sentinel list.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Deserialize, Serialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct HostPort {
     pub host: String,
@@ -187,6 +187,41 @@ pub struct SessionSettings {
 pub struct AuthSettings {
     #[serde(serialize_with = "secret::redact_each")]
     pub api_keys: Vec<SecretString>,
+}
+
+/// WebSocket rooms (SPEC section 6).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RoomsSettings {
+    pub history_size: usize,
+    pub history_ttl_seconds: u64,
+    pub presence_ttl_seconds: u64,
+    pub outage_buffer: usize,
+    pub outage_local_after_ms: u64,
+    pub max_frame_bytes: usize,
+    pub messages_per_second: u32,
+    pub max_members: usize,
+    pub max_queue: usize,
+    pub ping_interval_seconds: u64,
+    pub idle_timeout_seconds: u64,
+}
+
+impl RoomsSettings {
+    /// How long a room's history entries stay readable.
+    pub fn history_ttl(&self) -> Duration {
+        Duration::from_secs(self.history_ttl_seconds)
+    }
+
+    /// How long a member stays listed after its instance stopped refreshing it.
+    pub fn presence_ttl(&self) -> Duration {
+        Duration::from_secs(self.presence_ttl_seconds)
+    }
+}
+
+/// Which browser origins may call the broker: the WebSocket `Origin` check
+/// now, the HTTP CORS layer later (one list for both).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct CorsSettings {
+    pub allowed_origins: Vec<String>,
 }
 
 /// Log output format.

@@ -59,6 +59,7 @@ impl Settings {
         if self.limits.json_max_depth == 0 {
             return Err(invalid("limits.json_max_depth", "must be at least 1"));
         }
+        self.validate_rooms()?;
         if self.storage.sweep_interval_ms == 0 {
             return Err(invalid("storage.sweep_interval_ms", "must be at least 1"));
         }
@@ -209,4 +210,52 @@ fn default_server_id() -> String {
         })
         .unwrap_or_else(|| "broker".into());
     format!("{host}-{}", std::process::id())
+}
+
+impl Settings {
+    /// Room limits must leave rooms usable: nothing may be zero, and the
+    /// idle timeout must exceed the ping interval (else idle clients that
+    /// answer pings are closed).
+    fn validate_rooms(&self) -> Result<(), SettingsError> {
+        let r = &self.rooms;
+        for (key, value) in [
+            ("rooms.history_size", r.history_size as u64),
+            ("rooms.history_ttl_seconds", r.history_ttl_seconds),
+            ("rooms.presence_ttl_seconds", r.presence_ttl_seconds),
+            ("rooms.outage_buffer", r.outage_buffer as u64),
+            ("rooms.max_frame_bytes", r.max_frame_bytes as u64),
+            (
+                "rooms.messages_per_second",
+                u64::from(r.messages_per_second),
+            ),
+            ("rooms.max_members", r.max_members as u64),
+            ("rooms.max_queue", r.max_queue as u64),
+            ("rooms.ping_interval_seconds", r.ping_interval_seconds),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if r.outage_buffer as u64 >= crate::rooms::bus::redis::EPOCH_JUMP {
+            return Err(invalid(
+                "rooms.outage_buffer",
+                format!("must be below {}", crate::rooms::bus::redis::EPOCH_JUMP),
+            ));
+        }
+        if r.idle_timeout_seconds <= r.ping_interval_seconds {
+            return Err(invalid(
+                "rooms.idle_timeout_seconds",
+                "must be longer than rooms.ping_interval_seconds",
+            ));
+        }
+        if self
+            .cors
+            .allowed_origins
+            .iter()
+            .any(|o| o.trim().is_empty())
+        {
+            return Err(invalid("cors.allowed_origins", "empty origin in the list"));
+        }
+        Ok(())
+    }
 }

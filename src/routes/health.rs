@@ -39,6 +39,7 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         "storage": status.storage,
         "redis": redis,
         "warnings": warnings,
+        "rooms": state.rooms.stats(),
     }))
 }
 

@@ -2,6 +2,7 @@
 //! JSON 404/405 answers for unknown routes and methods live here too.
 
 mod health;
+mod rooms;
 mod sessions;
 mod tokens;
 
@@ -17,6 +18,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
     tokens::configure(cfg);
     sessions::configure(cfg);
+    rooms::configure(cfg);
 }
 
 /// The app-wide fallback for paths no route matches.

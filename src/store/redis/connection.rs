@@ -100,7 +100,7 @@ pub fn node_info(settings: &RedisSettings, node: &HostPort) -> RedisResult<Conne
 }
 
 /// Connection info from the single-mode URL, with password/db overrides.
-fn url_info(settings: &RedisSettings) -> RedisResult<ConnectionInfo> {
+pub fn url_info(settings: &RedisSettings) -> RedisResult<ConnectionInfo> {
     let info = settings.url.expose_secret().into_connection_info()?;
     let mut redis = info.redis_settings().clone();
     let password = settings.password.expose_secret();

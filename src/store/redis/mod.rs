@@ -124,6 +124,45 @@ impl RedisStore {
         self.shared.connected.subscribe()
     }
 
+    /// Runs one command under the command timeout with the store's
+    /// retries and failover following, for wings whose data is not
+    /// key/value records (rooms). Keys in `cmd` must carry the key prefix.
+    pub async fn command(&self, cmd: redis::Cmd) -> StoreResult<Value> {
+        self.run(Op::Cmd(cmd)).await
+    }
+
+    /// Runs a Lua script like [`RedisStore::command`]; keys already prefixed.
+    pub async fn script(
+        &self,
+        script: &redis::Script,
+        keys: Vec<String>,
+        args: Vec<String>,
+    ) -> StoreResult<Value> {
+        self.run(Op::Script { script, keys, args }).await
+    }
+
+    /// The settings the store was built with (mode, prefix, timeouts).
+    pub fn settings(&self) -> &RedisSettings {
+        &self.shared.settings
+    }
+
+    /// The master currently followed (sentinel mode).
+    pub fn master(&self) -> Option<HostPort> {
+        self.shared.lock_health().master.clone()
+    }
+
+    /// How to reach a node of this deployment outside the store's own
+    /// connections (the rooms' subscriber): `None` is the single-mode URL.
+    pub fn connection_info(
+        &self,
+        node: Option<&HostPort>,
+    ) -> redis::RedisResult<redis::ConnectionInfo> {
+        match node {
+            Some(node) => connection::node_info(&self.shared.settings, node),
+            None => connection::url_info(&self.shared.settings),
+        }
+    }
+
     fn last_error(&self) -> Option<String> {
         self.shared.lock_health().last_error.clone()
     }

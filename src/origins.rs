@@ -1,0 +1,61 @@
+//! The one list of browser origins allowed to call the broker
+//! (`cors.allowed_origins`): the WebSocket `Origin` check uses it now, the
+//! HTTP CORS layer will use the same.
+
+use crate::config::RunEnv;
+
+/// Parsed `cors.allowed_origins`.
+#[derive(Debug, Clone)]
+pub struct AllowedOrigins {
+    list: Vec<String>,
+    any: bool,
+}
+
+impl AllowedOrigins {
+    /// `*` in the list allows any origin; an empty list does in development
+    /// only.
+    pub fn new(list: &[String], run_env: RunEnv) -> Self {
+        let list: Vec<String> = list
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+            .collect();
+        let any =
+            list.iter().any(|o| o == "*") || (list.is_empty() && run_env == RunEnv::Development);
+        Self { list, any }
+    }
+
+    /// Whether a request with this `Origin` header may proceed. No header
+    /// means no browser (a server-side client): allowed, the token decides.
+    pub fn allows(&self, origin: Option<&str>) -> bool {
+        match origin {
+            None => true,
+            Some(_) if self.any => true,
+            Some(origin) => {
+                let origin = origin.trim().trim_end_matches('/').to_ascii_lowercase();
+                self.list.contains(&origin)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_exactly_ignoring_case_and_a_trailing_slash() {
+        let origins = AllowedOrigins::new(&["https://App.example.com/".into()], RunEnv::Production);
+        assert!(origins.allows(Some("https://app.example.com")));
+        assert!(origins.allows(None));
+        assert!(!origins.allows(Some("https://app.example.com.evil.org")));
+        assert!(!origins.allows(Some("http://app.example.com")));
+        assert!(!origins.allows(Some("null")));
+    }
+
+    #[test]
+    fn empty_means_any_in_development_only() {
+        assert!(AllowedOrigins::new(&[], RunEnv::Development).allows(Some("http://x")));
+        assert!(!AllowedOrigins::new(&[], RunEnv::Production).allows(Some("http://x")));
+        assert!(AllowedOrigins::new(&["*".into()], RunEnv::Production).allows(Some("http://x")));
+    }
+}

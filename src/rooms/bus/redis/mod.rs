@@ -1,0 +1,429 @@
+//! The rooms' bus over Redis, in single, cluster and sentinel mode.
+//!
+//! Commands (publish script, history, presence) go through the
+//! [`RedisStore`]'s connection, so they get its deadline, retries and
+//! master following. Live delivery uses one dedicated subscriber per
+//! instance (see `subscriber`), subscribed to exactly the rooms with local
+//! members: plain pub/sub on a single node or behind Sentinel, sharded
+//! pub/sub (`SPUBLISH`/`SSUBSCRIBE`) in a Cluster.
+//!
+//! Keys of a room share one hash slot (`room:{<room>}:...`): `meta` (epoch,
+//! last id, the master's replication id), `history` (a stream whose entry
+//! ids are the message ids, capped at `rooms.history_size`), the three
+//! presence keys, and the `events` channel.
+
+mod resp;
+mod scripts;
+mod subscriber;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use tokio::sync::broadcast;
+
+use self::scripts::Scripts;
+use self::subscriber::Subscriber;
+use super::memory::new_epoch;
+use super::{Bus, Delivery, Inbox, Outgoing, Position, PresenceChanges};
+use crate::clock::unix_now_ms;
+use crate::config::{RedisMode, RoomsSettings};
+use crate::domain::Id;
+use crate::rooms::protocol::PresenceKind;
+use crate::store::{RedisStore, StoreError, StoreResult};
+
+/// How far a new epoch's ids start above every id seen before: more than
+/// any instance can hand out locally during an outage (`rooms.outage_buffer`
+/// is capped below it), so no id is ever reused.
+pub const EPOCH_JUMP: u64 = 1_000_000;
+
+/// The meta hash (epoch, last id) lives this long after the room's last
+/// publish or presence refresh: ids must not restart under live members.
+const META_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Key and channel names of one room.
+struct RoomKeys {
+    meta: String,
+    history: String,
+    presence: String,
+    expiry: String,
+    members: String,
+    origins: String,
+    channel: String,
+}
+
+/// The names of everything the bus keeps in Redis.
+#[derive(Clone)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    fn room(&self, room: &Id) -> RoomKeys {
+        let base = format!("{}room:{{{}}}:", self.prefix, room.as_str());
+        RoomKeys {
+            meta: format!("{base}meta"),
+            history: format!("{base}history"),
+            presence: format!("{base}presence"),
+            expiry: format!("{base}presence:expiry"),
+            members: format!("{base}members"),
+            origins: format!("{base}origins"),
+            channel: format!("{base}events"),
+        }
+    }
+
+    /// The room a channel belongs to.
+    fn room_of(&self, channel: &[u8]) -> Option<Id> {
+        let rest = channel.strip_prefix(self.prefix.as_bytes())?;
+        let rest = rest.strip_prefix(b"room:{")?;
+        let rest = rest.strip_suffix(b"}:events")?;
+        Id::parse(std::str::from_utf8(rest).ok()?).ok()
+    }
+}
+
+/// What travels on a room channel: a message (`e`, `i`, ...) or a presence
+/// event (`p`, `m`).
+#[derive(Deserialize)]
+struct Wire {
+    e: Option<String>,
+    i: Option<u64>,
+    /// Milliseconds since the epoch when published (history age).
+    t: Option<u64>,
+    f: Option<String>,
+    o: Option<String>,
+    d: Option<Box<RawValue>>,
+    p: Option<String>,
+    m: Option<String>,
+}
+
+/// A decoded channel payload.
+enum Decoded {
+    Message(Delivery, u64),
+    Presence(PresenceKind, String),
+}
+
+fn decode(payload: &[u8]) -> Option<Decoded> {
+    let wire: Wire = serde_json::from_slice(payload).ok()?;
+    if let (Some(kind), Some(member)) = (wire.p.as_deref(), wire.m) {
+        let kind = match kind {
+            "join" => PresenceKind::Join,
+            "leave" => PresenceKind::Leave,
+            _ => return None,
+        };
+        return Some(Decoded::Presence(kind, member));
+    }
+    let delivery = Delivery {
+        epoch: wire.e?,
+        id: wire.i?,
+        message: Outgoing {
+            from: wire.f?,
+            origin: wire.o.unwrap_or_default(),
+            data: wire.d?,
+        },
+    };
+    Some(Decoded::Message(delivery, wire.t.unwrap_or(0)))
+}
+
+/// [`Bus`] over Redis; see the module doc.
+pub struct RedisBus {
+    store: RedisStore,
+    scripts: Arc<Scripts>,
+    names: Names,
+    subscriber: Subscriber,
+    server_id: String,
+    publish_cmd: &'static str,
+    history_size: usize,
+    history_ttl: Duration,
+    presence_ttl: Duration,
+}
+
+impl RedisBus {
+    /// Starts the subscriber task; it follows the store's master.
+    pub fn start(
+        store: RedisStore,
+        inbox: Arc<dyn Inbox>,
+        settings: &RoomsSettings,
+        server_id: &str,
+        shutdown: broadcast::Receiver<()>,
+    ) -> Self {
+        let names = Names {
+            prefix: store.settings().key_prefix.clone(),
+        };
+        let sharded = store.settings().mode == RedisMode::Cluster;
+        let subscriber = Subscriber::start(store.clone(), names.clone(), inbox, sharded, shutdown);
+        Self {
+            store,
+            scripts: Arc::new(Scripts::new()),
+            names,
+            subscriber,
+            server_id: server_id.replace('\n', " "),
+            publish_cmd: if sharded { "SPUBLISH" } else { "PUBLISH" },
+            history_size: settings.history_size,
+            history_ttl: settings.history_ttl(),
+            presence_ttl: settings.presence_ttl(),
+        }
+    }
+
+    fn field(&self, member: &str) -> String {
+        format!("{member}\n{}", self.server_id)
+    }
+
+    /// Presence entries lapse after half the TTL; rooms refresh them (and
+    /// purge lapsed ones) every quarter, so a live instance must miss two
+    /// refreshes in a row to lose them, and a dead one's are gone, with a
+    /// `leave`, within three quarters of the TTL.
+    fn presence_expiry_ms(&self) -> u64 {
+        unix_now_ms() + (self.presence_ttl.as_millis() as u64 / 2).max(1)
+    }
+
+    fn presence_key_ttl_ms(&self) -> String {
+        (self.presence_ttl.as_millis() as u64 * 4)
+            .max(1000)
+            .to_string()
+    }
+}
+
+fn ms(d: Duration) -> String {
+    (d.as_millis() as u64).max(1).to_string()
+}
+
+fn shape(what: &str) -> StoreError {
+    StoreError::rejected(format!(
+        "unexpected reply shape from a rooms script: {what}"
+    ))
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(n) => u64::try_from(*n).ok(),
+        other => redis::from_redis_value_ref::<u64>(other).ok(),
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    redis::from_redis_value_ref::<String>(v).ok()
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items.iter().filter_map(text).collect(),
+        _ => Vec::new(),
+    }
+}
+
+#[async_trait]
+impl Bus for RedisBus {
+    async fn publish(
+        &self,
+        room: &Id,
+        message: &Outgoing,
+        floor: u64,
+        rotate: bool,
+    ) -> StoreResult<Delivery> {
+        let keys = self.names.room(room);
+        let mut body =
+            serde_json::to_string(message).map_err(|e| StoreError::rejected(e.to_string()))?;
+        // The script prepends `{"e":..,"i":..,"t":..,` to the object's tail.
+        body.remove(0);
+        let reply = self
+            .store
+            .script(
+                &self.scripts.publish,
+                vec![keys.meta, keys.history, keys.channel, keys.origins],
+                vec![
+                    body,
+                    floor.to_string(),
+                    new_epoch(),
+                    self.history_size.to_string(),
+                    ms(self.history_ttl),
+                    ms(META_TTL),
+                    EPOCH_JUMP.to_string(),
+                    self.publish_cmd.to_string(),
+                    unix_now_ms().to_string(),
+                    message.origin.clone(),
+                    if rotate { "1" } else { "0" }.to_string(),
+                ],
+            )
+            .await?;
+        let Value::Array(parts) = reply else {
+            return Err(shape("publish"));
+        };
+        match parts.as_slice() {
+            [id, epoch] => Ok(Delivery {
+                id: int(id).ok_or_else(|| shape("publish id"))?,
+                epoch: text(epoch).ok_or_else(|| shape("publish epoch"))?,
+                message: message.clone(),
+            }),
+            _ => Err(shape("publish")),
+        }
+    }
+
+    async fn position(&self, room: &Id) -> StoreResult<Position> {
+        let keys = self.names.room(room);
+        let reply = self
+            .store
+            .script(
+                &self.scripts.position,
+                vec![keys.meta],
+                vec![new_epoch(), ms(META_TTL)],
+            )
+            .await?;
+        match reply {
+            Value::Array(parts) => match parts.as_slice() {
+                [epoch, last] => Ok(Position {
+                    epoch: text(epoch).ok_or_else(|| shape("position epoch"))?,
+                    last_id: int(last).ok_or_else(|| shape("position id"))?,
+                }),
+                _ => Err(shape("position")),
+            },
+            _ => Err(shape("position")),
+        }
+    }
+
+    async fn history(&self, room: &Id, after: u64) -> StoreResult<Vec<Delivery>> {
+        let keys = self.names.room(room);
+        let cmd = redis::cmd("XRANGE")
+            .arg(&keys.history)
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg("+")
+            .arg("COUNT")
+            .arg(self.history_size)
+            .clone();
+        let reply = self.store.command(cmd).await?;
+        let oldest_ms = unix_now_ms().saturating_sub(self.history_ttl.as_millis() as u64);
+        let Value::Array(entries) = reply else {
+            return Err(shape("XRANGE"));
+        };
+        let mut out = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Value::Array(parts) = entry else { continue };
+            let Some(Value::Array(fields)) = parts.get(1) else {
+                continue;
+            };
+            let payload = fields.get(1).and_then(|v| match v {
+                Value::BulkString(b) => Some(b.as_slice()),
+                _ => None,
+            });
+            if let Some(Decoded::Message(delivery, t)) = payload.and_then(decode) {
+                if t >= oldest_ms && delivery.id > after {
+                    out.push(delivery);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn subscribe(&self, room: &Id) {
+        self.subscriber.want(room, true).await;
+    }
+
+    async fn unsubscribe(&self, room: &Id) {
+        self.subscriber.want(room, false).await;
+    }
+
+    async fn announce(&self, room: &Id, kind: PresenceKind, member: &str) -> StoreResult<()> {
+        let keys = self.names.room(room);
+        let payload = serde_json::json!({"p": kind.as_str(), "m": member}).to_string();
+        let cmd = redis::cmd(self.publish_cmd)
+            .arg(&keys.channel)
+            .arg(payload)
+            .clone();
+        self.store.command(cmd).await.map(|_| ())
+    }
+
+    async fn presence_join(
+        &self,
+        room: &Id,
+        member: &str,
+        connections: usize,
+    ) -> StoreResult<bool> {
+        let keys = self.names.room(room);
+        let reply = self
+            .store
+            .script(
+                &self.scripts.presence_join,
+                vec![keys.presence, keys.expiry, keys.members],
+                vec![
+                    self.field(member),
+                    member.to_string(),
+                    connections.to_string(),
+                    self.presence_expiry_ms().to_string(),
+                    self.presence_key_ttl_ms(),
+                ],
+            )
+            .await?;
+        Ok(int(&reply) == Some(1))
+    }
+
+    async fn presence_leave(&self, room: &Id, member: &str) -> StoreResult<bool> {
+        let keys = self.names.room(room);
+        let reply = self
+            .store
+            .script(
+                &self.scripts.presence_leave,
+                vec![keys.presence, keys.expiry, keys.members],
+                vec![self.field(member), member.to_string()],
+            )
+            .await?;
+        Ok(int(&reply) == Some(1))
+    }
+
+    async fn presence_sync(
+        &self,
+        room: &Id,
+        local: &[(String, usize)],
+    ) -> StoreResult<PresenceChanges> {
+        let keys = self.names.room(room);
+        let mut args = vec![
+            unix_now_ms().to_string(),
+            self.presence_expiry_ms().to_string(),
+            self.presence_key_ttl_ms(),
+            ms(META_TTL),
+        ];
+        for (member, count) in local {
+            args.push(self.field(member));
+            args.push(member.clone());
+            args.push(count.to_string());
+        }
+        let reply = self
+            .store
+            .script(
+                &self.scripts.presence_sync,
+                vec![keys.presence, keys.expiry, keys.members, keys.meta],
+                args,
+            )
+            .await?;
+        match reply {
+            Value::Array(parts) if parts.len() == 2 => Ok(PresenceChanges {
+                joined: strings(&parts[0]),
+                left: strings(&parts[1]),
+            }),
+            _ => Err(shape("presence sync")),
+        }
+    }
+
+    async fn members(&self, room: &Id) -> StoreResult<Vec<(String, usize)>> {
+        let keys = self.names.room(room);
+        let reply = self
+            .store
+            .script(
+                &self.scripts.members,
+                vec![keys.presence, keys.expiry],
+                vec![unix_now_ms().to_string()],
+            )
+            .await?;
+        let flat = strings(&reply);
+        let mut counts = std::collections::BTreeMap::<String, usize>::new();
+        for pair in flat.chunks(2) {
+            let [field, connections] = pair else { continue };
+            let Some((member, _server)) = field.rsplit_once('\n') else {
+                continue;
+            };
+            *counts.entry(member.to_string()).or_default() += connections.parse().unwrap_or(0);
+        }
+        Ok(counts.into_iter().collect())
+    }
+}

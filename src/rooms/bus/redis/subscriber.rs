@@ -1,0 +1,612 @@
+//! The instance's dedicated subscriber: subscribed to exactly the rooms
+//! with local members, following the deployment through failovers by
+//! itself.
+//!
+//! A manager task owns the wanted channels and one link (a TCP connection
+//! in subscribe mode) per node it needs: the single node, the Sentinel
+//! master the store follows, or, in a Cluster, the master of each channel's
+//! slot (one `SSUBSCRIBE` per channel, so channels of different slots never
+//! meet in one command). A link that drops, stops answering its 1-second
+//! PING probe, gets `MOVED`, or is told `SUNSUBSCRIBE` by the server (slot
+//! moved) gives its channels back; the manager re-resolves (the store's
+//! current master, `CLUSTER SLOTS`) and subscribes them again with capped
+//! backoff. Each confirmed subscription sends the room a `Resync`, and the
+//! room reads from history what pub/sub dropped meanwhile.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use redis::{ConnectionAddr, Value};
+use tokio::io::{AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio::sync::{broadcast, mpsc};
+
+use super::resp::{self, Reply};
+use super::{decode, Decoded, Names};
+use crate::config::{HostPort, RedisMode};
+use crate::domain::Id;
+use crate::rooms::bus::{BusEvent, Inbox};
+use crate::store::RedisStore;
+
+/// A silent link is probed this often...
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+/// ...and dropped when nothing came back for this long.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often the manager checks the master and retries placements.
+const TICK: Duration = Duration::from_millis(100);
+const LINK_QUEUE: usize = 4096;
+const WANT_QUEUE: usize = 1024;
+
+enum Want {
+    Subscribe(Id),
+    Unsubscribe(Id),
+}
+
+/// Handle to the manager task.
+pub struct Subscriber {
+    wants: mpsc::Sender<Want>,
+}
+
+impl Subscriber {
+    pub fn start(
+        store: RedisStore,
+        names: Names,
+        inbox: Arc<dyn Inbox>,
+        sharded: bool,
+        shutdown: broadcast::Receiver<()>,
+    ) -> Self {
+        let (wants, rx) = mpsc::channel(WANT_QUEUE);
+        let (events_tx, events) = mpsc::channel(LINK_QUEUE);
+        let manager = Manager {
+            store,
+            names,
+            inbox,
+            sharded,
+            wanted: HashMap::new(),
+            placed: HashMap::new(),
+            links: HashMap::new(),
+            next_link: 0,
+            slots: Vec::new(),
+            events_tx,
+            unplaced_since: None,
+            backoff: Duration::from_millis(50),
+            retry_at: Instant::now(),
+        };
+        tokio::spawn(manager.run(rx, events, shutdown));
+        Self { wants }
+    }
+
+    /// Asks for (`true`) or drops (`false`) the room's channel.
+    pub async fn want(&self, room: &Id, subscribed: bool) {
+        let want = if subscribed {
+            Want::Subscribe(room.clone())
+        } else {
+            Want::Unsubscribe(room.clone())
+        };
+        let _ = self.wants.send(want).await;
+    }
+}
+
+/// What a link tells the manager.
+enum LinkEvent {
+    Subscribed(String),
+    /// The server dropped the subscription (`SUNSUBSCRIBE`, `MOVED`).
+    Lost(HostPort, String),
+    /// The link with this id ended.
+    Closed(HostPort, u64, String),
+}
+
+enum LinkCmd {
+    Subscribe(String),
+    Unsubscribe(String),
+}
+
+struct Manager {
+    store: RedisStore,
+    names: Names,
+    inbox: Arc<dyn Inbox>,
+    sharded: bool,
+    /// Channel -> room, for every room with local members.
+    wanted: HashMap<String, Id>,
+    /// Channel -> the link it was sent to.
+    placed: HashMap<String, HostPort>,
+    /// Node -> (link id, its command queue).
+    links: HashMap<HostPort, (u64, mpsc::Sender<LinkCmd>)>,
+    next_link: u64,
+    /// Cluster: (first slot, last slot, master).
+    slots: Vec<(u16, u16, HostPort)>,
+    events_tx: mpsc::Sender<LinkEvent>,
+    /// Since when some wanted channel has no link (for the log).
+    unplaced_since: Option<Instant>,
+    backoff: Duration,
+    retry_at: Instant,
+}
+
+impl Manager {
+    async fn run(
+        mut self,
+        mut wants: mpsc::Receiver<Want>,
+        mut events: mpsc::Receiver<LinkEvent>,
+        mut shutdown: broadcast::Receiver<()>,
+    ) {
+        if self.sharded {
+            self.refresh_slots().await;
+        }
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = shutdown.recv() => return,
+                want = wants.recv() => match want {
+                    Some(Want::Subscribe(room)) => {
+                        let channel = self.names.room(&room).channel;
+                        self.wanted.insert(channel, room);
+                    }
+                    Some(Want::Unsubscribe(room)) => {
+                        let channel = self.names.room(&room).channel;
+                        self.wanted.remove(&channel);
+                        if let Some(node) = self.placed.remove(&channel) {
+                            if let Some((_, link)) = self.links.get(&node) {
+                                let _ = link.try_send(LinkCmd::Unsubscribe(channel));
+                            }
+                        }
+                    }
+                    None => return,
+                },
+                Some(event) = events.recv() => self.on_event(event),
+                _ = tick.tick() => self.follow_master(),
+            }
+            self.place_all().await;
+        }
+    }
+
+    fn on_event(&mut self, event: LinkEvent) {
+        match event {
+            LinkEvent::Subscribed(channel) => {
+                self.backoff = Duration::from_millis(50);
+                if let Some(room) = self.wanted.get(&channel) {
+                    self.inbox.deliver(room, BusEvent::Resync);
+                }
+            }
+            LinkEvent::Lost(node, channel) => {
+                tracing::warn!(%node, channel, "room subscription dropped by the server; resubscribing");
+                if self.placed.get(&channel) == Some(&node) {
+                    self.placed.remove(&channel);
+                }
+                self.slots.clear();
+            }
+            LinkEvent::Closed(node, id, reason) => {
+                if self
+                    .links
+                    .get(&node)
+                    .is_some_and(|(current, _)| *current == id)
+                {
+                    self.links.remove(&node);
+                    let had = self.placed.values().filter(|n| **n == node).count();
+                    if had > 0 {
+                        tracing::warn!(%node, reason, rooms = had, "room subscriber connection lost; resubscribing");
+                    }
+                }
+                self.placed.retain(|_, n| *n != node);
+                self.slots.clear();
+                self.delay_retry();
+            }
+        }
+    }
+
+    /// The next placement waits out the current backoff, which doubles.
+    fn delay_retry(&mut self) {
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(Duration::from_secs(1));
+    }
+
+    /// Sentinel: a link to anything but the current master is stale (a
+    /// demoted master says nothing); drop it so its rooms move over.
+    fn follow_master(&mut self) {
+        if self.store.settings().mode != RedisMode::Sentinel {
+            return;
+        }
+        let Some(master) = self.store.master() else {
+            return;
+        };
+        let stale: Vec<HostPort> = self
+            .links
+            .keys()
+            .filter(|n| **n != master)
+            .cloned()
+            .collect();
+        for node in stale {
+            tracing::warn!(old = %node, new = %master, "Redis master changed: moving room subscriptions");
+            self.links.remove(&node);
+            self.placed.retain(|_, n| *n != node);
+        }
+    }
+
+    /// Sends every wanted, unplaced channel to the node serving it.
+    async fn place_all(&mut self) {
+        let unplaced: Vec<String> = self
+            .wanted
+            .keys()
+            .filter(|c| !self.placed.contains_key(*c))
+            .cloned()
+            .collect();
+        if unplaced.is_empty() {
+            if let Some(since) = self.unplaced_since.take() {
+                tracing::info!(
+                    after_ms = since.elapsed().as_millis() as u64,
+                    "room subscriptions restored"
+                );
+            }
+            return;
+        }
+        self.unplaced_since.get_or_insert_with(Instant::now);
+        if Instant::now() < self.retry_at {
+            return;
+        }
+        if self.sharded && self.slots.is_empty() {
+            self.refresh_slots().await;
+        }
+        let mut failed = false;
+        for channel in unplaced {
+            let Some(node) = self.route(&channel) else {
+                failed = true;
+                continue;
+            };
+            let link = match self.links.get(&node) {
+                Some((_, link)) => link.clone(),
+                None => match self.open_link(&node) {
+                    Some(link) => link,
+                    None => {
+                        failed = true;
+                        continue;
+                    }
+                },
+            };
+            if link.try_send(LinkCmd::Subscribe(channel.clone())).is_ok() {
+                self.placed.insert(channel, node);
+            } else {
+                failed = true;
+            }
+        }
+        if failed {
+            self.delay_retry();
+        }
+    }
+
+    /// The node that must take `channel`'s subscription right now.
+    fn route(&self, channel: &str) -> Option<HostPort> {
+        match self.store.settings().mode {
+            RedisMode::Sentinel => self.store.master(),
+            RedisMode::Single => match self.store.connection_info(None).ok()?.addr() {
+                ConnectionAddr::Tcp(host, port) => Some(HostPort {
+                    host: host.clone(),
+                    port: *port,
+                }),
+                _ => None,
+            },
+            RedisMode::Cluster => {
+                let slot = slot_of(channel);
+                self.slots
+                    .iter()
+                    .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
+                    .map(|(_, _, node)| node.clone())
+            }
+        }
+    }
+
+    fn open_link(&mut self, node: &HostPort) -> Option<mpsc::Sender<LinkCmd>> {
+        let mode = self.store.settings().mode;
+        let info = self
+            .store
+            .connection_info((mode != RedisMode::Single).then_some(node))
+            .ok()?;
+        let (tx, rx) = mpsc::channel(LINK_QUEUE);
+        self.next_link += 1;
+        let link = Link {
+            id: self.next_link,
+            node: node.clone(),
+            username: info.redis_settings().username().map(str::to_string),
+            password: info.redis_settings().password().map(str::to_string),
+            connect_timeout: self.store.settings().connect_timeout(),
+            sharded: self.sharded,
+            names: self.names.clone(),
+            inbox: self.inbox.clone(),
+            events: self.events_tx.clone(),
+        };
+        tokio::spawn(link.run(rx));
+        self.links
+            .insert(node.clone(), (self.next_link, tx.clone()));
+        Some(tx)
+    }
+
+    async fn refresh_slots(&mut self) {
+        match self
+            .store
+            .command(redis::cmd("CLUSTER").arg("SLOTS").clone())
+            .await
+        {
+            Ok(reply) => self.slots = parse_slots(&reply),
+            Err(e) => tracing::debug!(error = %e, "CLUSTER SLOTS failed"),
+        }
+    }
+}
+
+/// The cluster slot of a channel name (its hash tag when it has one).
+fn slot_of(channel: &str) -> u16 {
+    let bytes = channel.as_bytes();
+    let tagged = bytes
+        .iter()
+        .position(|b| *b == b'{')
+        .and_then(|open| {
+            let rest = &bytes[open + 1..];
+            let close = rest.iter().position(|b| *b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(bytes);
+    crc16::State::<crc16::XMODEM>::calculate(tagged) % 16384
+}
+
+/// `CLUSTER SLOTS` -> (first, last, master) for every range.
+fn parse_slots(reply: &Value) -> Vec<(u16, u16, HostPort)> {
+    let Value::Array(ranges) = reply else {
+        return Vec::new();
+    };
+    ranges
+        .iter()
+        .filter_map(|range| {
+            let Value::Array(parts) = range else {
+                return None;
+            };
+            let lo = redis::from_redis_value_ref::<u16>(parts.first()?).ok()?;
+            let hi = redis::from_redis_value_ref::<u16>(parts.get(1)?).ok()?;
+            let Value::Array(master) = parts.get(2)? else {
+                return None;
+            };
+            let host = redis::from_redis_value_ref::<String>(master.first()?).ok()?;
+            let port = redis::from_redis_value_ref::<u16>(master.get(1)?).ok()?;
+            (!host.is_empty()).then_some((lo, hi, HostPort { host, port }))
+        })
+        .collect()
+}
+
+/// One subscribe-mode connection to one node.
+struct Link {
+    id: u64,
+    node: HostPort,
+    username: Option<String>,
+    password: Option<String>,
+    connect_timeout: Duration,
+    sharded: bool,
+    names: Names,
+    inbox: Arc<dyn Inbox>,
+    events: mpsc::Sender<LinkEvent>,
+}
+
+/// A command waiting for its reply, to tell which channel an error is about.
+enum Pending {
+    Subscribe(String),
+    Unsubscribe,
+    Ping,
+}
+
+impl Link {
+    async fn run(self, cmds: mpsc::Receiver<LinkCmd>) {
+        let reason = match self.serve(cmds).await {
+            Ok(()) => "closed".to_string(),
+            Err(e) => e,
+        };
+        let _ = self
+            .events
+            .send(LinkEvent::Closed(self.node.clone(), self.id, reason))
+            .await;
+    }
+
+    async fn connect(&self) -> Result<TcpStream, String> {
+        let addr = (self.node.host.as_str(), self.node.port);
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timeout".to_string())?
+            .map_err(|e| e.to_string())?;
+        let _ = stream.set_nodelay(true);
+        Ok(stream)
+    }
+
+    async fn serve(&self, mut cmds: mpsc::Receiver<LinkCmd>) -> Result<(), String> {
+        let stream = self.connect().await?;
+        let (read, mut write) = stream.into_split();
+        let mut read = BufReader::with_capacity(16 * 1024, read);
+        if let Some(password) = &self.password {
+            let mut auth = redis::cmd("AUTH");
+            if let Some(user) = &self.username {
+                auth.arg(user);
+            }
+            auth.arg(password);
+            write_cmd(&mut write, &auth).await?;
+            let reply = tokio::time::timeout(self.connect_timeout, resp::read(&mut read))
+                .await
+                .map_err(|_| "AUTH timed out".to_string())?
+                .map_err(|e| e.to_string())?;
+            if let Reply::Error(e) = reply {
+                return Err(format!("AUTH refused: {e}"));
+            }
+        }
+        // Replies other than messages come back here, in command order.
+        let (control_tx, mut control) = mpsc::channel::<Reply>(LINK_QUEUE);
+        let reader = tokio::spawn(read_loop(
+            read,
+            self.names.clone(),
+            self.inbox.clone(),
+            control_tx,
+        ));
+        let _abort = AbortOnDrop(reader);
+        let (sub, unsub) = if self.sharded {
+            ("SSUBSCRIBE", "SUNSUBSCRIBE")
+        } else {
+            ("SUBSCRIBE", "UNSUBSCRIBE")
+        };
+        let mut pending = VecDeque::new();
+        let mut leaving: HashSet<String> = HashSet::new();
+        let mut probe = tokio::time::interval(PROBE_EVERY);
+        let mut heard = Instant::now();
+        loop {
+            tokio::select! {
+                cmd = cmds.recv() => match cmd {
+                    None => return Ok(()),
+                    Some(LinkCmd::Subscribe(channel)) => {
+                        write_cmd(&mut write, redis::cmd(sub).arg(&channel)).await?;
+                        leaving.remove(&channel);
+                        pending.push_back(Pending::Subscribe(channel));
+                    }
+                    Some(LinkCmd::Unsubscribe(channel)) => {
+                        write_cmd(&mut write, redis::cmd(unsub).arg(&channel)).await?;
+                        leaving.insert(channel);
+                        pending.push_back(Pending::Unsubscribe);
+                    }
+                },
+                reply = control.recv() => {
+                    let reply = reply.ok_or_else(|| "connection closed".to_string())?;
+                    heard = Instant::now();
+                    self.on_control(reply, &mut pending, &mut leaving).await?;
+                }
+                _ = probe.tick() => {
+                    if heard.elapsed() >= PROBE_TIMEOUT {
+                        return Err("no answer to PING".into());
+                    }
+                    if heard.elapsed() >= PROBE_EVERY {
+                        write_cmd(&mut write, &redis::cmd("PING")).await?;
+                        pending.push_back(Pending::Ping);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn on_control(
+        &self,
+        reply: Reply,
+        pending: &mut VecDeque<Pending>,
+        leaving: &mut HashSet<String>,
+    ) -> Result<(), String> {
+        let items = match reply {
+            Reply::Error(e) => {
+                // The answer to the oldest command in flight.
+                if let Some(Pending::Subscribe(channel)) = pending.pop_front() {
+                    tracing::debug!(node = %self.node, channel, error = e, "subscribe refused");
+                    self.lost(channel).await;
+                }
+                return Ok(());
+            }
+            Reply::Simple(_) => {
+                pending.pop_front();
+                return Ok(());
+            }
+            Reply::Array(Some(items)) => items,
+            _ => return Ok(()),
+        };
+        let kind = items.first().and_then(Reply::text).unwrap_or_default();
+        let channel = items
+            .get(1)
+            .and_then(Reply::text)
+            .unwrap_or_default()
+            .to_string();
+        match kind {
+            "subscribe" | "ssubscribe" => {
+                pending.pop_front();
+                let _ = self.events.send(LinkEvent::Subscribed(channel)).await;
+            }
+            "unsubscribe" | "sunsubscribe" => {
+                if leaving.remove(&channel) {
+                    pending.pop_front();
+                } else {
+                    // Not asked for: the slot moved away from this node.
+                    self.lost(channel).await;
+                }
+            }
+            "pong" => {
+                pending.pop_front();
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn lost(&self, channel: String) {
+        let _ = self
+            .events
+            .send(LinkEvent::Lost(self.node.clone(), channel))
+            .await;
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn write_cmd(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    cmd: &redis::Cmd,
+) -> Result<(), String> {
+    write
+        .write_all(&cmd.get_packed_command())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Reads replies: messages go straight to their room, the rest to the link.
+async fn read_loop(
+    mut read: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    names: Names,
+    inbox: Arc<dyn Inbox>,
+    control: mpsc::Sender<Reply>,
+) {
+    loop {
+        let reply = match resp::read(&mut read).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                tracing::debug!(error = %e, "room subscriber read ended");
+                return;
+            }
+        };
+        if let Reply::Array(Some(items)) = &reply {
+            if let [kind, channel, Reply::Bulk(Some(payload))] = items.as_slice() {
+                if matches!(kind.text(), Some("message" | "smessage")) {
+                    deliver(&names, inbox.as_ref(), channel, payload);
+                    continue;
+                }
+            }
+        }
+        if control.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+fn deliver(names: &Names, inbox: &dyn Inbox, channel: &Reply, payload: &[u8]) {
+    let Some(room) = channel.text().and_then(|c| names.room_of(c.as_bytes())) else {
+        return;
+    };
+    match decode(payload) {
+        Some(Decoded::Message(delivery, _)) => inbox.deliver(&room, BusEvent::Message(delivery)),
+        Some(Decoded::Presence(kind, member)) => {
+            inbox.deliver(&room, BusEvent::Presence(kind, member))
+        }
+        None => tracing::warn!(room = %room, "undecodable message on a room channel; ignored"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_follow_hash_tags() {
+        // Known values from CLUSTER KEYSLOT.
+        assert_eq!(slot_of("foo"), 12182);
+        assert_eq!(slot_of("room:{foo}:events"), 12182);
+        assert_eq!(slot_of("{}x"), slot_of("{}x"));
+    }
+}

@@ -1,0 +1,566 @@
+//! One task per room with local members: it owns the room's connections,
+//! its place in the sequence (epoch and last id delivered here) and its
+//! local presence, and is the only writer of all three, so ordering needs
+//! no locks.
+//!
+//! Every delivery, live or from history, goes through [`RoomTask::deliver`]:
+//! an id at or below the last one delivered here is a duplicate and is
+//! dropped; a jump in the sequence means pub/sub dropped something (a
+//! reconnect, a failover) and the room reads what it missed from history
+//! before going on. Each connection also remembers the last id it was sent,
+//! so a resumed client never sees an id twice.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytestring::ByteString;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::bus::{Bus, BusEvent, Delivery, Outgoing};
+use super::hub::{Registry, RoomShared};
+use super::protocol::{render, PresenceKind, Welcome};
+use crate::domain::Id;
+
+/// A client asking to resume: the last id it saw and the epoch it was in.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    pub since: u64,
+    pub epoch: String,
+}
+
+/// A socket joining a room.
+pub struct JoinRequest {
+    pub conn_id: u64,
+    pub member: String,
+    /// The socket's bounded outgoing queue.
+    pub tx: mpsc::Sender<ByteString>,
+    /// Fired when the room drops the socket for not reading its queue.
+    pub kick: oneshot::Sender<()>,
+    pub resume: Option<Resume>,
+}
+
+/// What a joined socket sends first, before anything from its queue: the
+/// welcome, then what a resume replays (possibly more than the queue holds).
+pub struct Joined {
+    pub frames: Vec<ByteString>,
+}
+
+/// Commands a room task takes.
+pub enum Cmd {
+    /// Answered `Err(request)` when the room is retiring (the caller retries).
+    Join(JoinRequest, oneshot::Sender<Result<Joined, JoinRequest>>),
+    Leave(u64),
+    /// Deliver to local members with an id of this instance (Redis cannot
+    /// take the message now); answers the id given, or `None` when the room
+    /// already hears from Redis again (the message then arrives through it).
+    Local(Outgoing, oneshot::Sender<Option<u64>>),
+}
+
+struct Conn {
+    member: String,
+    tx: mpsc::Sender<ByteString>,
+    kick: Option<oneshot::Sender<()>>,
+    last_sent: u64,
+}
+
+/// The channels and handles a room task runs with.
+pub struct RoomParts {
+    pub id: Id,
+    pub bus: Arc<dyn Bus>,
+    pub registry: Arc<Registry>,
+    pub shared: Arc<RoomShared>,
+    pub cmds: mpsc::Receiver<Cmd>,
+    pub events: mpsc::Receiver<BusEvent>,
+    pub shutdown: broadcast::Receiver<()>,
+    pub presence_interval: std::time::Duration,
+}
+
+pub struct RoomTask {
+    id: Id,
+    bus: Arc<dyn Bus>,
+    shared: Arc<RoomShared>,
+    epoch: Option<String>,
+    last: Option<u64>,
+    conns: HashMap<u64, Conn>,
+    /// Local connections per member.
+    members: HashMap<String, usize>,
+    /// Messages delivered here during an outage, not yet seen back from Redis.
+    local_origins: HashSet<String>,
+    /// The last messages delivered, by publish id: a publish retried after
+    /// a failover lost its first run's record is still delivered once.
+    recent: Recent,
+    repair: Option<Repair>,
+    /// Local ids handed out since Redis was last heard from: (first, last).
+    /// Redis ids after an outage start above them (the publish floor).
+    local_ids: Option<(u64, u64)>,
+    /// Redis delivered again after local ids were handed out: no more local
+    /// ids until a delivery above them closes the outage for this room.
+    redis_back: bool,
+}
+
+/// Deliveries held back, in arrival order, while the room cannot read the
+/// history that comes before them (Redis away mid-failover): delivering
+/// them first would skip the gap for good.
+struct Repair {
+    pending: VecDeque<Delivery>,
+    started: tokio::time::Instant,
+    retry_at: tokio::time::Instant,
+    backoff: Duration,
+}
+
+/// Most deliveries held during a repair, and the longest it may take;
+/// past either the room delivers what it has and logs the gap.
+const REPAIR_MAX_PENDING: usize = 10_000;
+const REPAIR_GIVE_UP: Duration = Duration::from_secs(30);
+
+/// Publish ids of the last [`Recent::CAP`] deliveries.
+#[derive(Default)]
+struct Recent {
+    set: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl Recent {
+    const CAP: usize = 1024;
+
+    /// Records `origin`; false when it was already there.
+    fn insert(&mut self, origin: &str) -> bool {
+        if origin.is_empty() {
+            return true;
+        }
+        if !self.set.insert(origin.to_string()) {
+            return false;
+        }
+        self.order.push_back(origin.to_string());
+        if self.order.len() > Self::CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
+    }
+}
+
+impl RoomTask {
+    /// Runs the room until its last member leaves or the broker shuts down.
+    pub async fn run(parts: RoomParts) {
+        let RoomParts {
+            id,
+            bus,
+            registry,
+            shared,
+            mut cmds,
+            mut events,
+            mut shutdown,
+            presence_interval,
+        } = parts;
+        let mut room = RoomTask {
+            id: id.clone(),
+            bus: bus.clone(),
+            shared: shared.clone(),
+            epoch: None,
+            last: None,
+            conns: HashMap::new(),
+            members: HashMap::new(),
+            local_origins: HashSet::new(),
+            recent: Recent::default(),
+            repair: None,
+            local_ids: None,
+            redis_back: false,
+        };
+        bus.subscribe(&id).await;
+        room.refresh_position().await;
+        let mut tick = tokio::time::interval(presence_interval);
+        tick.reset();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.recv() => break,
+                cmd = cmds.recv() => match cmd {
+                    Some(cmd) => room.on_cmd(cmd).await,
+                    None => break,
+                },
+                event = events.recv() => match event {
+                    Some(event) => room.on_event(event).await,
+                    None => break,
+                },
+                _ = shared.wake.notified() => {}
+                _ = tick.tick() => room.sync_presence().await,
+                _ = tokio::time::sleep_until(room.repair_at()), if room.repair.is_some() => {
+                    room.retry_repair().await;
+                }
+            }
+            if shared.overflowed.swap(false, Ordering::AcqRel) {
+                tracing::debug!(room = %id, "room event queue overflowed; reading history");
+                room.catch_up_or_repair().await;
+            }
+            if room.conns.is_empty() && registry.retire(&id, &mut cmds) {
+                break;
+            }
+        }
+        bus.unsubscribe(&id).await;
+        // Joins that raced the retirement go back to their senders.
+        while let Ok(cmd) = cmds.try_recv() {
+            if let Cmd::Join(request, reply) = cmd {
+                let _ = reply.send(Err(request));
+            }
+        }
+    }
+
+    async fn refresh_position(&mut self) {
+        match self.bus.position(&self.id).await {
+            Ok(position) => {
+                self.epoch = Some(position.epoch);
+                let last = self.last.unwrap_or(0).max(position.last_id);
+                self.set_last(last);
+            }
+            Err(e) => tracing::debug!(room = %self.id, error = %e, "room position unavailable"),
+        }
+    }
+
+    fn set_last(&mut self, id: u64) {
+        self.last = Some(id);
+        self.shared.last_seen.store(id, Ordering::Release);
+    }
+
+    async fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Join(request, reply) => {
+                let conn_id = request.conn_id;
+                let joined = self.join(request).await;
+                if reply.send(Ok(joined)).is_err() {
+                    // The socket went away while joining.
+                    self.remove(conn_id).await;
+                }
+            }
+            Cmd::Leave(conn_id) => self.remove(conn_id).await,
+            Cmd::Local(message, reply) => {
+                if self.redis_back {
+                    let _ = reply.send(None);
+                    return;
+                }
+                let id = self.last.unwrap_or(0) + 1;
+                let first = self.local_ids.map_or(id, |(first, _)| first);
+                self.local_ids = Some((first, id));
+                self.local_origins.insert(message.origin.clone());
+                self.recent.insert(&message.origin);
+                let frame = render::message(self.id.as_str(), &message.from, &message.data, id);
+                self.set_last(id);
+                self.fan_out(id, &frame).await;
+                let _ = reply.send(Some(id));
+            }
+        }
+    }
+
+    async fn on_event(&mut self, event: BusEvent) {
+        match event {
+            BusEvent::Message(delivery) => {
+                if let Some(repair) = &mut self.repair {
+                    repair.pending.push_back(delivery);
+                    return;
+                }
+                if let Some(last) = self.last {
+                    if delivery.id <= last {
+                        self.local_origins.remove(&delivery.message.origin);
+                        return;
+                    }
+                    // Something between was dropped (or the epoch moved on).
+                    if delivery.id != last + 1 && !self.catch_up().await {
+                        self.start_repair(Some(delivery));
+                        return;
+                    }
+                }
+                self.deliver(delivery).await;
+            }
+            BusEvent::Presence(kind, member) => self.presence_frame(kind, &member).await,
+            BusEvent::Resync => match self.last {
+                Some(_) => self.catch_up_or_repair().await,
+                None => self.refresh_position().await,
+            },
+        }
+    }
+
+    async fn catch_up_or_repair(&mut self) {
+        if self.repair.is_none() && !self.catch_up().await {
+            self.start_repair(None);
+        }
+    }
+
+    fn start_repair(&mut self, first: Option<Delivery>) {
+        let now = tokio::time::Instant::now();
+        let backoff = Duration::from_millis(50);
+        self.repair = Some(Repair {
+            pending: first.into_iter().collect(),
+            started: now,
+            retry_at: now + backoff,
+            backoff,
+        });
+    }
+
+    fn repair_at(&self) -> tokio::time::Instant {
+        self.repair
+            .as_ref()
+            .map_or_else(tokio::time::Instant::now, |r| r.retry_at)
+    }
+
+    /// Tries the history again; on success (or after giving up) delivers
+    /// what was held back, in order.
+    async fn retry_repair(&mut self) {
+        let caught_up = self.catch_up().await;
+        let Some(repair) = self.repair.as_mut() else {
+            return;
+        };
+        let patience =
+            repair.started.elapsed() < REPAIR_GIVE_UP && repair.pending.len() < REPAIR_MAX_PENDING;
+        if !caught_up && patience {
+            repair.backoff = (repair.backoff * 2).min(Duration::from_secs(1));
+            repair.retry_at = tokio::time::Instant::now() + repair.backoff;
+            return;
+        }
+        if !caught_up {
+            tracing::warn!(room = %self.id, held = repair.pending.len(), "room history unreadable for too long: delivering what arrived, a gap remains");
+        }
+        if let Some(repair) = self.repair.take() {
+            for delivery in repair.pending {
+                self.deliver(delivery).await;
+            }
+        }
+    }
+
+    /// Delivers what history holds past the last id delivered here; false
+    /// when history could not be read.
+    async fn catch_up(&mut self) -> bool {
+        let Some(last) = self.last else {
+            return true;
+        };
+        match self.bus.history(&self.id, last).await {
+            Ok(missed) => {
+                if !missed.is_empty() {
+                    tracing::debug!(room = %self.id, after = last, count = missed.len(), "caught up from history");
+                }
+                for delivery in missed {
+                    self.deliver(delivery).await;
+                }
+                true
+            }
+            Err(e) => {
+                tracing::debug!(room = %self.id, error = %e, "cannot read room history yet");
+                false
+            }
+        }
+    }
+
+    async fn deliver(&mut self, delivery: Delivery) {
+        if let Some((first, last_local)) = self.local_ids {
+            if delivery.id > last_local {
+                // Redis ids are past the local ones: the outage is over here.
+                self.local_ids = None;
+                self.redis_back = false;
+            } else if delivery.id >= first {
+                // Redis is back, but this id was given out locally too (an
+                // instance that never lost Redis published meanwhile).
+                self.redis_back = true;
+                tracing::warn!(room = %self.id, id = delivery.id, "message id already used locally during an outage; not delivered here");
+                return;
+            } else {
+                self.redis_back = true;
+            }
+        }
+        if self.last.is_some_and(|last| delivery.id <= last) {
+            return;
+        }
+        self.set_last(delivery.id);
+        self.epoch = Some(delivery.epoch);
+        let origin = &delivery.message.origin;
+        if self.local_origins.remove(origin) || !self.recent.insert(origin) {
+            // Already delivered here: with a local id during an outage, or
+            // a retried publish that Redis took twice.
+            return;
+        }
+        let m = &delivery.message;
+        let frame = render::message(self.id.as_str(), &m.from, &m.data, delivery.id);
+        self.fan_out(delivery.id, &frame).await;
+    }
+
+    /// Queues `frame` for every connection that has not seen `id`; drops the
+    /// ones whose queue is full (they stopped reading).
+    async fn fan_out(&mut self, id: u64, frame: &ByteString) {
+        let mut slow = Vec::new();
+        for (conn_id, conn) in &mut self.conns {
+            if id <= conn.last_sent {
+                continue;
+            }
+            conn.last_sent = id;
+            if conn.tx.try_send(frame.clone()).is_err() {
+                slow.push(*conn_id);
+            }
+        }
+        for conn_id in slow {
+            if let Some(kick) = self.conns.get_mut(&conn_id).and_then(|c| c.kick.take()) {
+                let _ = kick.send(());
+            }
+            tracing::info!(room = %self.id, conn_id, "client does not read its queue: closing it");
+            self.remove(conn_id).await;
+        }
+    }
+
+    async fn presence_frame(&mut self, kind: PresenceKind, member: &str) {
+        let frame = render::presence(kind, member);
+        for conn in self.conns.values() {
+            if conn.member != member {
+                let _ = conn.tx.try_send(frame.clone());
+            }
+        }
+    }
+
+    /// Tells every instance (or, when the bus cannot, this one) about a
+    /// presence change.
+    async fn announce(&mut self, kind: PresenceKind, member: &str) {
+        if let Err(e) = self.bus.announce(&self.id, kind, member).await {
+            tracing::debug!(room = %self.id, error = %e, "presence event not sent; local only");
+            self.presence_frame(kind, member).await;
+        }
+    }
+
+    async fn join(&mut self, request: JoinRequest) -> Joined {
+        let count = {
+            let count = self.members.entry(request.member.clone()).or_insert(0);
+            *count += 1;
+            *count
+        };
+        match self
+            .bus
+            .presence_join(&self.id, &request.member, count)
+            .await
+        {
+            Ok(true) => self.announce(PresenceKind::Join, &request.member).await,
+            Ok(false) => {}
+            Err(e) => tracing::debug!(room = %self.id, error = %e, "presence not recorded"),
+        }
+        let members = match self.bus.members(&self.id).await {
+            Ok(all) => all.into_iter().map(|(m, _)| m).collect(),
+            Err(_) => {
+                let mut local: Vec<String> = self.members.keys().cloned().collect();
+                local.sort();
+                local
+            }
+        };
+        let epoch = self
+            .epoch
+            .get_or_insert_with(super::bus::memory::new_epoch)
+            .clone();
+        let last = self.last.unwrap_or(0);
+        let (recovered, replay, last_sent) =
+            self.resume(request.resume.as_ref(), &epoch, last).await;
+        let welcome = render::welcome(&Welcome {
+            room: self.id.as_str(),
+            member_id: &request.member,
+            members: &members,
+            epoch: &epoch,
+            last_id: last,
+            recovered,
+        });
+        let mut frames = Vec::with_capacity(1 + replay.len());
+        frames.push(welcome);
+        frames.extend(
+            replay
+                .iter()
+                .map(|d| render::message(self.id.as_str(), &d.message.from, &d.message.data, d.id)),
+        );
+        let last_sent = replay.iter().map(|d| d.id).fold(last_sent, u64::max);
+        self.conns.insert(
+            request.conn_id,
+            Conn {
+                member: request.member,
+                tx: request.tx,
+                kick: Some(request.kick),
+                last_sent,
+            },
+        );
+        self.shared.connections.fetch_add(1, Ordering::AcqRel);
+        Joined { frames }
+    }
+
+    /// What a resuming client gets: whether nothing was missed, the missed
+    /// messages, and the id it is then at.
+    async fn resume(
+        &self,
+        resume: Option<&Resume>,
+        epoch: &str,
+        last: u64,
+    ) -> (Option<bool>, Vec<Delivery>, u64) {
+        let Some(resume) = resume else {
+            return (None, Vec::new(), last);
+        };
+        if resume.epoch != epoch {
+            return (Some(false), Vec::new(), last);
+        }
+        if resume.since >= last {
+            return (Some(true), Vec::new(), resume.since);
+        }
+        match self.bus.history(&self.id, resume.since).await {
+            Ok(missed) => {
+                // Ids are contiguous within an epoch: history reaches back
+                // far enough when it starts right after `since`.
+                let whole = missed
+                    .first()
+                    .is_some_and(|d| d.id == resume.since + 1 && d.epoch == epoch);
+                (Some(whole), missed, last)
+            }
+            Err(e) => {
+                tracing::debug!(room = %self.id, error = %e, "history unavailable for a resume");
+                (Some(false), Vec::new(), last)
+            }
+        }
+    }
+
+    async fn remove(&mut self, conn_id: u64) {
+        let Some(conn) = self.conns.remove(&conn_id) else {
+            return;
+        };
+        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        let remaining = match self.members.get_mut(&conn.member) {
+            Some(count) => {
+                *count = count.saturating_sub(1);
+                *count
+            }
+            None => 0,
+        };
+        if remaining > 0 {
+            let _ = self
+                .bus
+                .presence_join(&self.id, &conn.member, remaining)
+                .await;
+            return;
+        }
+        self.members.remove(&conn.member);
+        match self.bus.presence_leave(&self.id, &conn.member).await {
+            Ok(true) => self.announce(PresenceKind::Leave, &conn.member).await,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(room = %self.id, error = %e, "presence leave not recorded");
+                self.presence_frame(PresenceKind::Leave, &conn.member).await;
+            }
+        }
+    }
+
+    /// Refreshes this instance's presence and announces members that
+    /// vanished elsewhere (an instance that died) or reappeared.
+    async fn sync_presence(&mut self) {
+        let local: Vec<(String, usize)> =
+            self.members.iter().map(|(m, c)| (m.clone(), *c)).collect();
+        match self.bus.presence_sync(&self.id, &local).await {
+            Ok(changes) => {
+                for member in changes.joined {
+                    self.announce(PresenceKind::Join, &member).await;
+                }
+                for member in changes.left {
+                    self.announce(PresenceKind::Leave, &member).await;
+                }
+            }
+            Err(e) => tracing::debug!(room = %self.id, error = %e, "presence refresh failed"),
+        }
+    }
+}

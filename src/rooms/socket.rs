@@ -1,0 +1,321 @@
+//! The per-socket loop: one task per WebSocket, selecting over the client's
+//! frames, the room's queue for it, the heartbeat and shutdown.
+//!
+//! Limits of section 6 live here: frame size (close 1009), frames per
+//! second (error frame `rate_limited`, close 1008 at twice the rate), a
+//! client that stops reading (its queue fills, the room kicks it: close
+//! 1008), pings every `ping_interval`, close after `idle_timeout` of
+//! silence, and 1001 when the broker shuts down. Bad frames get an
+//! `invalid_frame` error frame and the socket stays open.
+
+use std::time::{Duration, Instant};
+
+use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
+use bytestring::ByteString;
+use futures_util::future::{select, Either};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tracing::Instrument as _;
+
+use super::outbox::{PublishError, Published};
+use super::protocol::{render, ClientFrame};
+use super::room::{JoinRequest, Resume};
+use super::Rooms;
+use crate::domain::Id;
+
+/// Who is on the socket and what they may do.
+pub struct SocketParams {
+    pub room: Id,
+    pub member: String,
+    pub can_publish: bool,
+    pub resume: Option<Resume>,
+}
+
+/// How long a close frame may wait for a client that does not read.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Runs the socket until it closes. Spawned on the worker that upgraded it.
+pub async fn run(
+    rooms: Rooms,
+    session: Session,
+    stream: actix_ws::MessageStream,
+    params: SocketParams,
+) {
+    let conn_id = rooms.next_conn_id();
+    let span = tracing::info_span!("ws", room = %params.room, member = %params.member, conn_id);
+    Socket::new(rooms, session, params, conn_id)
+        .serve(stream)
+        .instrument(span)
+        .await;
+}
+
+struct Socket {
+    rooms: Rooms,
+    session: Session,
+    params: SocketParams,
+    conn_id: u64,
+    shutdown: broadcast::Receiver<()>,
+    rate: RateWindow,
+}
+
+/// Why the loop ended, and what to tell the client.
+enum End {
+    Close(CloseCode, &'static str),
+    /// The client went away or closed first.
+    Gone,
+}
+
+impl Socket {
+    fn new(rooms: Rooms, session: Session, params: SocketParams, conn_id: u64) -> Self {
+        let rate = RateWindow::new(rooms.limits().messages_per_second);
+        Self {
+            shutdown: rooms.shutdown_signal(),
+            rooms,
+            session,
+            params,
+            conn_id,
+            rate,
+        }
+    }
+
+    async fn serve(mut self, stream: actix_ws::MessageStream) {
+        let limits = self.rooms.limits().clone();
+        let mut stream = stream
+            .max_frame_size(limits.max_frame_bytes)
+            .aggregate_continuations()
+            .max_continuation_size(limits.max_frame_bytes);
+        let (tx, mut queue) = mpsc::channel::<ByteString>(limits.max_queue);
+        let (kick, mut kicked) = oneshot::channel();
+        let request = JoinRequest {
+            conn_id: self.conn_id,
+            member: self.params.member.clone(),
+            tx,
+            kick,
+            resume: self.params.resume.clone(),
+        };
+        let room = self.params.room.clone();
+        let end = match self.rooms.hub().join(&room, request).await {
+            None => End::Close(CloseCode::Away, "server shutting down"),
+            Some(joined) => {
+                tracing::debug!("joined");
+                let mut end = None;
+                for frame in joined.frames {
+                    if self.session.text(frame).await.is_err() {
+                        end = Some(End::Gone);
+                        break;
+                    }
+                }
+                match end {
+                    Some(end) => end,
+                    None => {
+                        self.pump(&mut stream, &mut queue, &mut kicked, &limits)
+                            .await
+                    }
+                }
+            }
+        };
+        self.rooms.hub().leave(&room, self.conn_id).await;
+        if let End::Close(code, reason) = end {
+            tracing::debug!(?code, reason, "closing");
+            let close = self.session.close(Some(CloseReason {
+                code,
+                description: Some(reason.to_string()),
+            }));
+            let _ = tokio::time::timeout(CLOSE_WAIT, close).await;
+        }
+    }
+
+    async fn pump(
+        &mut self,
+        stream: &mut actix_ws::AggregatedMessageStream,
+        queue: &mut mpsc::Receiver<ByteString>,
+        kicked: &mut oneshot::Receiver<()>,
+        limits: &crate::config::RoomsSettings,
+    ) -> End {
+        let idle = Duration::from_secs(limits.idle_timeout_seconds);
+        let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_seconds));
+        ping.reset();
+        let mut last_heard = Instant::now();
+        let mut room_open = true;
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.shutdown.recv() => return End::Close(CloseCode::Away, "server shutting down"),
+                result = &mut *kicked, if room_open => match result {
+                    Ok(()) => return End::Close(CloseCode::Policy, "client does not read its messages"),
+                    Err(_) => room_open = false,
+                },
+                frame = queue.recv() => match frame {
+                    Some(frame) => {
+                        if let Some(end) = self.send_or_kicked(frame, kicked).await {
+                            return end;
+                        }
+                    }
+                    None => return End::Close(CloseCode::Away, "room closed"),
+                },
+                message = stream.recv() => {
+                    last_heard = Instant::now();
+                    if let Some(end) = self.on_client(message).await {
+                        return end;
+                    }
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() >= idle {
+                        return End::Close(CloseCode::Normal, "idle timeout");
+                    }
+                    if self.session.ping(b"").await.is_err() {
+                        return End::Gone;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a queued frame; a client so slow that the room kicked it while
+    /// the send waited ends the loop.
+    async fn send_or_kicked(
+        &mut self,
+        frame: ByteString,
+        kicked: &mut oneshot::Receiver<()>,
+    ) -> Option<End> {
+        let send = std::pin::pin!(self.session.text(frame));
+        match select(send, kicked).await {
+            Either::Left((Ok(()), _)) => None,
+            Either::Left((Err(_), _)) => Some(End::Gone),
+            Either::Right((Ok(()), _)) => Some(End::Close(
+                CloseCode::Policy,
+                "client does not read its messages",
+            )),
+            // The room ended (shutdown); the frame is moot.
+            Either::Right((Err(_), _)) => Some(End::Close(CloseCode::Away, "room closed")),
+        }
+    }
+
+    async fn on_client(
+        &mut self,
+        message: Option<Result<AggregatedMessage, ProtocolError>>,
+    ) -> Option<End> {
+        let message = match message {
+            None | Some(Ok(AggregatedMessage::Close(_))) => return Some(End::Gone),
+            Some(Err(ProtocolError::Overflow)) => {
+                return Some(End::Close(CloseCode::Size, "frame too large"))
+            }
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "WebSocket protocol error");
+                return Some(End::Close(CloseCode::Protocol, "protocol error"));
+            }
+            Some(Ok(message)) => message,
+        };
+        let text = match message {
+            AggregatedMessage::Ping(bytes) => {
+                let _ = self.session.pong(&bytes).await;
+                return None;
+            }
+            AggregatedMessage::Pong(_) => return None,
+            AggregatedMessage::Close(_) => return Some(End::Gone),
+            AggregatedMessage::Binary(_) => None,
+            AggregatedMessage::Text(text) => Some(text),
+        };
+        match self.rate.hit() {
+            Rate::Ok => {}
+            Rate::Over => {
+                return self
+                    .error("rate_limited", "too many frames per second; slow down")
+                    .await
+            }
+            Rate::Abusive => return Some(End::Close(CloseCode::Policy, "rate limit exceeded")),
+        }
+        match text {
+            Some(text) => self.on_text(text).await,
+            None => {
+                self.error(
+                    "invalid_frame",
+                    "binary frames are not part of this protocol",
+                )
+                .await
+            }
+        }
+    }
+
+    async fn on_text(&mut self, text: ByteString) -> Option<End> {
+        let depth = self.rooms.json_max_depth();
+        match ClientFrame::parse(&text, depth) {
+            Err(e) => self.error("invalid_frame", &e.0).await,
+            Ok(ClientFrame::Ping) => self.send(render::pong()).await,
+            Ok(ClientFrame::Publish(_)) if !self.params.can_publish => {
+                self.error(
+                    "publish_forbidden",
+                    "this token's grants do not allow publishing data",
+                )
+                .await
+            }
+            Ok(ClientFrame::Publish(data)) => {
+                let result = self
+                    .rooms
+                    .publish(&self.params.room, &self.params.member, data)
+                    .await;
+                match result {
+                    Ok(Published::Sent(_) | Published::Buffered) => None,
+                    Err(PublishError::BufferFull(_)) => {
+                        self.error(
+                            "storage_unavailable",
+                            "Redis is unavailable and the outage buffer is full; retry later",
+                        )
+                        .await
+                    }
+                    Err(PublishError::Store(e)) => {
+                        tracing::warn!(error = %crate::error::chain(&e), "room publish refused");
+                        self.error("storage_unavailable", e.public_detail()).await
+                    }
+                }
+            }
+        }
+    }
+
+    async fn error(&mut self, code: &str, detail: &str) -> Option<End> {
+        self.send(render::error(code, detail)).await
+    }
+
+    async fn send(&mut self, frame: ByteString) -> Option<End> {
+        self.session.text(frame).await.err().map(|_| End::Gone)
+    }
+}
+
+/// A fixed one-second window of frame counts.
+struct RateWindow {
+    limit: u32,
+    started: Instant,
+    count: u32,
+}
+
+enum Rate {
+    Ok,
+    /// Over the limit: refuse this frame.
+    Over,
+    /// Twice the limit: close the socket.
+    Abusive,
+}
+
+impl RateWindow {
+    fn new(limit: u32) -> Self {
+        Self {
+            limit,
+            started: Instant::now(),
+            count: 0,
+        }
+    }
+
+    fn hit(&mut self) -> Rate {
+        if self.started.elapsed() >= Duration::from_secs(1) {
+            self.started = Instant::now();
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        if self.count <= self.limit {
+            Rate::Ok
+        } else if self.count <= self.limit.saturating_mul(2) {
+            Rate::Over
+        } else {
+            Rate::Abusive
+        }
+    }
+}

@@ -1,0 +1,157 @@
+//! A whole-Redis outage with fallback, a SIGKILLed broker, and SIGTERM.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+use crate::client::{join, Client, Event};
+use crate::harness::process::start;
+use crate::harness::{blocking, Single};
+use crate::run::broker_env;
+use crate::SERIAL;
+
+async fn message_data(client: &mut Client) -> serde_json::Value {
+    client.next_of("message").await["data"].clone()
+}
+
+/// Redis goes away for good: members on one instance keep talking; what
+/// they said reaches the other instance when Redis is back, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_keep_talking_through_an_outage_and_the_rest_follows() {
+    let _serial = SERIAL.lock().await;
+    let mut redis = blocking(Single::start).await;
+    let prefix = format!("o{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let env = broker_env(
+        &[
+            ("REDIS_URL", redis.url()),
+            ("REDIS_COMMAND_TIMEOUT", "300".into()),
+            ("BROKER__ROOMS__OUTAGE_LOCAL_AFTER_MS", "200".into()),
+        ],
+        &prefix,
+    );
+    let a = crate::harness::spawn_broker(&env).await;
+    let b = crate::harness::spawn_broker(&env).await;
+    let mut alice = join(&a, "outage", "alice").await;
+    let mut carol = join(&a, "outage", "carol").await;
+    let mut bob = join(&b, "outage", "bob").await;
+    alice.publish(json!("before")).await;
+    for c in [&mut alice, &mut carol, &mut bob] {
+        assert_eq!(message_data(c).await, "before");
+    }
+
+    let port = redis.node.port;
+    blocking(move || {
+        redis.node.kill();
+        redis
+    })
+    .await;
+    let down = Instant::now();
+    // The first publish finds Redis gone; once the outage is long enough
+    // the members on A get A's messages from A itself.
+    alice.publish(json!({"a": 1})).await;
+    alice.publish(json!({"a": 2})).await;
+    assert_eq!(message_data(&mut carol).await, json!({"a": 1}));
+    assert_eq!(message_data(&mut carol).await, json!({"a": 2}));
+    assert_eq!(message_data(&mut alice).await, json!({"a": 1}));
+    assert_eq!(message_data(&mut alice).await, json!({"a": 2}));
+    bob.publish(json!({"b": 1})).await;
+    assert_eq!(message_data(&mut bob).await, json!({"b": 1}));
+    println!(
+        "local delivery during the outage after {:?}",
+        down.elapsed()
+    );
+    // Across instances nothing arrives while Redis is away.
+    carol.quiet(Duration::from_millis(500)).await;
+    let health = reqwest::get(format!("{a}/api/health"))
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(health["rooms"]["outage_buffered"], 2, "{health}");
+
+    // Redis returns (empty): each side gets the other's messages, once.
+    let _redis = blocking(move || Single::start_on(port, &[])).await;
+    assert_eq!(message_data(&mut bob).await, json!({"a": 1}));
+    assert_eq!(message_data(&mut bob).await, json!({"a": 2}));
+    for c in [&mut alice, &mut carol] {
+        assert_eq!(message_data(c).await, json!({"b": 1}));
+    }
+    // And the room goes on as one.
+    bob.publish(json!("after")).await;
+    for c in [&mut alice, &mut carol, &mut bob] {
+        assert_eq!(message_data(c).await, "after");
+        c.quiet(Duration::from_millis(300)).await;
+    }
+}
+
+/// A broker killed with SIGKILL says nothing; its members vanish from the
+/// others' presence (with `leave`) within the presence TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_brokers_members_leave_within_the_presence_ttl() {
+    let _serial = SERIAL.lock().await;
+    let redis = blocking(Single::start).await;
+    let prefix = format!("k{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let ttl = [("BROKER__ROOMS__PRESENCE_TTL_SECONDS", "3".to_string())];
+    let mut pairs = vec![("REDIS_URL", redis.url())];
+    pairs.extend(ttl.iter().cloned());
+    let a = crate::harness::spawn_broker(&broker_env(&pairs, &prefix)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let url = redis.url();
+    let doomed_env = [
+        ("PORT", "0"),
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+        ("BROKER__ROOMS__PRESENCE_TTL_SECONDS", "3"),
+    ];
+    let mut doomed = start(&doomed_env, dir.path());
+    let b = format!("http://127.0.0.1:{}", doomed.port);
+
+    let mut alice = join(&a, "kill", "alice").await;
+    let bob = join(&b, "kill", "bob").await;
+    let joined = alice.next_of("presence").await;
+    assert_eq!(joined["event"], "join");
+    let members = |app: String| async move {
+        let v: serde_json::Value = reqwest::get(format!("{app}/api/rooms/kill/members"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["members"].as_array().unwrap().len()
+    };
+    assert_eq!(members(a.clone()).await, 2);
+
+    doomed.child.kill().unwrap();
+    let killed = Instant::now();
+    let left = alice.next_of("presence").await;
+    let after = killed.elapsed();
+    assert_eq!(
+        left,
+        json!({"type": "presence", "event": "leave", "member_id": "bob"})
+    );
+    assert!(after <= Duration::from_secs(3), "leave after {after:?}");
+    assert_eq!(members(a.clone()).await, 1);
+    println!("a SIGKILLed broker's member left after {after:?} (presence TTL 3 s)");
+    drop(bob);
+}
+
+/// SIGTERM: clients get close code 1001 and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_sockets_with_1001() {
+    let _serial = SERIAL.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut broker = start(&[("PORT", "0")], dir.path());
+    let base = format!("http://127.0.0.1:{}", broker.port);
+    let mut client = join(&base, "bye", "alice").await;
+    let pid = nix::unistd::Pid::from_raw(broker.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    match client.next_event(Duration::from_secs(10)).await {
+        Event::Closed(code) => assert_eq!(code, Some(CloseCode::Away)),
+        Event::Frame(f) => panic!("frame instead of a close: {f}"),
+        Event::Silent => panic!("no close within 10 s"),
+    }
+    let status = blocking(move || broker.wait_exit(Duration::from_secs(10))).await;
+    assert!(status.is_some_and(|s| s.success()), "{status:?}");
+}
