@@ -263,6 +263,9 @@ fn http_server(
             // Outermost: a shed request costs no span and no log line.
             .wrap(from_fn(overload::shed_overload))
     })
+    // Small WebSocket frames and responses go out at once, not after the
+    // peer's delayed ACK (Nagle's algorithm is on by default in actix).
+    .tcp_nodelay(true)
     .listen(listener)?
     .disable_signals()
     .shutdown_timeout(settings.server.shutdown_timeout_seconds);

@@ -199,8 +199,8 @@ pub struct RoomsSettings {
     pub outage_local_after_ms: u64,
     pub max_frame_bytes: usize,
     pub messages_per_second: u32,
-    pub max_members: usize,
     pub max_queue: usize,
+    pub max_members: usize,
     pub ping_interval_seconds: u64,
     pub idle_timeout_seconds: u64,
 }

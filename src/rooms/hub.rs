@@ -104,6 +104,7 @@ pub struct Hub {
     bus: Arc<dyn Bus>,
     shutdown: broadcast::Sender<()>,
     presence_interval: Duration,
+    max_queue: usize,
     runtime: tokio::runtime::Handle,
 }
 
@@ -114,12 +115,14 @@ impl Hub {
         bus: Arc<dyn Bus>,
         shutdown: broadcast::Sender<()>,
         presence_interval: Duration,
+        max_queue: usize,
     ) -> Self {
         Self {
             registry,
             bus,
             shutdown,
             presence_interval,
+            max_queue,
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -146,6 +149,7 @@ impl Hub {
             events,
             shutdown: self.shutdown.subscribe(),
             presence_interval: self.presence_interval,
+            max_queue: self.max_queue,
         };
         self.runtime.spawn(RoomTask::run(parts));
         handle
@@ -170,6 +174,13 @@ impl Hub {
             };
         }
         None
+    }
+
+    /// The socket sent its first frames: the room may write to it now.
+    pub async fn started(&self, room: &Id, conn_id: u64) {
+        if let Some(handle) = self.registry.get(room) {
+            let _ = handle.cmds.send(Cmd::Started(conn_id)).await;
+        }
     }
 
     /// Removes a socket from its room.

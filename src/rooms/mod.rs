@@ -10,6 +10,7 @@
 //! only [`Rooms`].
 
 pub mod bus;
+mod conn;
 mod hub;
 mod outbox;
 pub mod protocol;
@@ -99,6 +100,7 @@ impl Rooms {
             bus.clone(),
             shutdown.clone(),
             presence_interval,
+            settings.max_queue,
         );
         let outbox = Outbox::start(
             OutboxParts {

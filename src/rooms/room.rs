@@ -19,6 +19,7 @@ use bytestring::ByteString;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::bus::{Bus, BusEvent, Delivery, Outgoing};
+use super::conn::{Conn, ConnParts};
 use super::hub::{Registry, RoomShared};
 use super::protocol::{render, PresenceKind, Welcome};
 use crate::domain::Id;
@@ -33,16 +34,13 @@ pub struct Resume {
 /// A socket joining a room.
 pub struct JoinRequest {
     pub conn_id: u64,
-    pub member: String,
-    /// The socket's bounded outgoing queue.
-    pub tx: mpsc::Sender<ByteString>,
-    /// Fired when the room drops the socket for not reading its queue.
-    pub kick: oneshot::Sender<()>,
+    /// Who joins and where the room writes its frames.
+    pub conn: ConnParts,
     pub resume: Option<Resume>,
 }
 
-/// What a joined socket sends first, before anything from its queue: the
-/// welcome, then what a resume replays (possibly more than the queue holds).
+/// What a joined socket sends itself, before anything the room writes: the
+/// welcome, then what a resume replays (possibly more than its channel holds).
 pub struct Joined {
     pub frames: Vec<ByteString>,
 }
@@ -52,17 +50,12 @@ pub enum Cmd {
     /// Answered `Err(request)` when the room is retiring (the caller retries).
     Join(JoinRequest, oneshot::Sender<Result<Joined, JoinRequest>>),
     Leave(u64),
+    /// The socket sent its `Joined` frames; live frames may flow now.
+    Started(u64),
     /// Deliver to local members with an id of this instance (Redis cannot
     /// take the message now); answers the id given, or `None` when the room
     /// already hears from Redis again (the message then arrives through it).
     Local(Outgoing, oneshot::Sender<Option<u64>>),
-}
-
-struct Conn {
-    member: String,
-    tx: mpsc::Sender<ByteString>,
-    kick: Option<oneshot::Sender<()>>,
-    last_sent: u64,
 }
 
 /// The channels and handles a room task runs with.
@@ -75,6 +68,7 @@ pub struct RoomParts {
     pub events: mpsc::Receiver<BusEvent>,
     pub shutdown: broadcast::Receiver<()>,
     pub presence_interval: std::time::Duration,
+    pub max_queue: usize,
 }
 
 pub struct RoomTask {
@@ -92,6 +86,9 @@ pub struct RoomTask {
     /// a failover lost its first run's record is still delivered once.
     recent: Recent,
     repair: Option<Repair>,
+    /// Connections kicked for not reading, to be removed.
+    slow: Vec<u64>,
+    max_queue: usize,
     /// Local ids handed out since Redis was last heard from: (first, last).
     /// Redis ids after an outage start above them (the publish floor).
     local_ids: Option<(u64, u64)>,
@@ -155,6 +152,7 @@ impl RoomTask {
             mut events,
             mut shutdown,
             presence_interval,
+            max_queue,
         } = parts;
         let mut room = RoomTask {
             id: id.clone(),
@@ -167,6 +165,8 @@ impl RoomTask {
             local_origins: HashSet::new(),
             recent: Recent::default(),
             repair: None,
+            max_queue,
+            slow: Vec::new(),
             local_ids: None,
             redis_back: false,
         };
@@ -192,6 +192,7 @@ impl RoomTask {
                     room.retry_repair().await;
                 }
             }
+            room.reap().await;
             if shared.overflowed.swap(false, Ordering::AcqRel) {
                 tracing::debug!(room = %id, "room event queue overflowed; reading history");
                 room.catch_up_or_repair().await;
@@ -236,6 +237,11 @@ impl RoomTask {
                 }
             }
             Cmd::Leave(conn_id) => self.remove(conn_id).await,
+            Cmd::Started(conn_id) => {
+                if self.conns.get_mut(&conn_id).is_some_and(|c| !c.start()) {
+                    self.drop_slow(vec![conn_id]);
+                }
+            }
             Cmd::Local(message, reply) => {
                 if self.redis_back {
                     let _ = reply.send(None);
@@ -248,7 +254,7 @@ impl RoomTask {
                 self.recent.insert(&message.origin);
                 let frame = render::message(self.id.as_str(), &message.from, &message.data, id);
                 self.set_last(id);
-                self.fan_out(id, &frame).await;
+                self.fan_out(id, &frame);
                 let _ = reply.send(Some(id));
             }
         }
@@ -274,7 +280,7 @@ impl RoomTask {
                 }
                 self.deliver(delivery).await;
             }
-            BusEvent::Presence(kind, member) => self.presence_frame(kind, &member).await,
+            BusEvent::Presence(kind, member) => self.presence_frame(kind, &member),
             BusEvent::Resync => match self.last {
                 Some(_) => self.catch_up_or_repair().await,
                 None => self.refresh_position().await,
@@ -381,38 +387,53 @@ impl RoomTask {
         }
         let m = &delivery.message;
         let frame = render::message(self.id.as_str(), &m.from, &m.data, delivery.id);
-        self.fan_out(delivery.id, &frame).await;
+        self.fan_out(delivery.id, &frame);
     }
 
-    /// Queues `frame` for every connection that has not seen `id`; drops the
-    /// ones whose queue is full (they stopped reading).
-    async fn fan_out(&mut self, id: u64, frame: &ByteString) {
+    /// Sends `frame` to every connection that has not seen `id`; drops the
+    /// ones that do not keep up (they stopped reading).
+    fn fan_out(&mut self, id: u64, frame: &ByteString) {
         let mut slow = Vec::new();
         for (conn_id, conn) in &mut self.conns {
             if id <= conn.last_sent {
                 continue;
             }
             conn.last_sent = id;
-            if conn.tx.try_send(frame.clone()).is_err() {
+            if !conn.send(frame) {
                 slow.push(*conn_id);
             }
         }
+        self.drop_slow(slow);
+    }
+
+    /// Kicks connections that do not keep up; [`RoomTask::reap`] removes
+    /// them once the current event is handled.
+    fn drop_slow(&mut self, slow: Vec<u64>) {
         for conn_id in slow {
-            if let Some(kick) = self.conns.get_mut(&conn_id).and_then(|c| c.kick.take()) {
-                let _ = kick.send(());
+            if let Some(conn) = self.conns.get_mut(&conn_id) {
+                conn.kick();
+                tracing::info!(room = %self.id, conn_id, "client does not read its frames: closing it");
+                self.slow.push(conn_id);
             }
-            tracing::info!(room = %self.id, conn_id, "client does not read its queue: closing it");
+        }
+    }
+
+    /// Removes the kicked connections (their leaves may kick more).
+    async fn reap(&mut self) {
+        while let Some(conn_id) = self.slow.pop() {
             self.remove(conn_id).await;
         }
     }
 
-    async fn presence_frame(&mut self, kind: PresenceKind, member: &str) {
+    fn presence_frame(&mut self, kind: PresenceKind, member: &str) {
         let frame = render::presence(kind, member);
-        for conn in self.conns.values() {
-            if conn.member != member {
-                let _ = conn.tx.try_send(frame.clone());
+        let mut slow = Vec::new();
+        for (conn_id, conn) in &mut self.conns {
+            if conn.member != member && !conn.send(&frame) {
+                slow.push(*conn_id);
             }
         }
+        self.drop_slow(slow);
     }
 
     /// Tells every instance (or, when the bus cannot, this one) about a
@@ -420,22 +441,25 @@ impl RoomTask {
     async fn announce(&mut self, kind: PresenceKind, member: &str) {
         if let Err(e) = self.bus.announce(&self.id, kind, member).await {
             tracing::debug!(room = %self.id, error = %e, "presence event not sent; local only");
-            self.presence_frame(kind, member).await;
+            self.presence_frame(kind, member);
         }
     }
 
     async fn join(&mut self, request: JoinRequest) -> Joined {
         let count = {
-            let count = self.members.entry(request.member.clone()).or_insert(0);
+            let count = self.members.entry(request.conn.member.clone()).or_insert(0);
             *count += 1;
             *count
         };
         match self
             .bus
-            .presence_join(&self.id, &request.member, count)
+            .presence_join(&self.id, &request.conn.member, count)
             .await
         {
-            Ok(true) => self.announce(PresenceKind::Join, &request.member).await,
+            Ok(true) => {
+                self.announce(PresenceKind::Join, &request.conn.member)
+                    .await
+            }
             Ok(false) => {}
             Err(e) => tracing::debug!(room = %self.id, error = %e, "presence not recorded"),
         }
@@ -456,7 +480,7 @@ impl RoomTask {
             self.resume(request.resume.as_ref(), &epoch, last).await;
         let welcome = render::welcome(&Welcome {
             room: self.id.as_str(),
-            member_id: &request.member,
+            member_id: &request.conn.member,
             members: &members,
             epoch: &epoch,
             last_id: last,
@@ -472,12 +496,7 @@ impl RoomTask {
         let last_sent = replay.iter().map(|d| d.id).fold(last_sent, u64::max);
         self.conns.insert(
             request.conn_id,
-            Conn {
-                member: request.member,
-                tx: request.tx,
-                kick: Some(request.kick),
-                last_sent,
-            },
+            Conn::new(request.conn, self.max_queue, last_sent),
         );
         self.shared.connections.fetch_add(1, Ordering::AcqRel);
         Joined { frames }
@@ -541,7 +560,7 @@ impl RoomTask {
             Ok(false) => {}
             Err(e) => {
                 tracing::debug!(room = %self.id, error = %e, "presence leave not recorded");
-                self.presence_frame(PresenceKind::Leave, &conn.member).await;
+                self.presence_frame(PresenceKind::Leave, &conn.member);
             }
         }
     }

@@ -8,14 +8,15 @@
 //! silence, and 1001 when the broker shuts down. Bad frames get an
 //! `invalid_frame` error frame and the socket stays open.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
 use bytestring::ByteString;
-use futures_util::future::{select, Either};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 use tracing::Instrument as _;
 
+use super::conn::{ConnParts, Overflow};
 use super::outbox::{PublishError, Published};
 use super::protocol::{render, ClientFrame};
 use super::room::{JoinRequest, Resume};
@@ -55,6 +56,8 @@ struct Socket {
     conn_id: u64,
     shutdown: broadcast::Receiver<()>,
     rate: RateWindow,
+    /// Fires when the room drops this socket (see [`kicked`]).
+    kicked: Option<oneshot::Receiver<()>>,
 }
 
 /// Why the loop ended, and what to tell the client.
@@ -74,6 +77,7 @@ impl Socket {
             params,
             conn_id,
             rate,
+            kicked: None,
         }
     }
 
@@ -83,37 +87,44 @@ impl Socket {
             .max_frame_size(limits.max_frame_bytes)
             .aggregate_continuations()
             .max_continuation_size(limits.max_frame_bytes);
-        let (tx, mut queue) = mpsc::channel::<ByteString>(limits.max_queue);
-        let (kick, mut kicked) = oneshot::channel();
+        let (kick, kicked) = oneshot::channel();
+        self.kicked = Some(kicked);
+        let overflow = Arc::new(Overflow::default());
         let request = JoinRequest {
             conn_id: self.conn_id,
-            member: self.params.member.clone(),
-            tx,
-            kick,
+            conn: ConnParts {
+                member: self.params.member.clone(),
+                out: Box::new(self.session.clone()),
+                overflow: overflow.clone(),
+                kick,
+            },
             resume: self.params.resume.clone(),
         };
         let room = self.params.room.clone();
-        let end = match self.rooms.hub().join(&room, request).await {
+        // Boxed, like the publish below: the socket's future lives as long as
+        // the connection, and idle connections must be small (the deep
+        // futures only exist while they run).
+        let end = match Box::pin(self.rooms.hub().join(&room, request)).await {
             None => End::Close(CloseCode::Away, "server shutting down"),
             Some(joined) => {
                 tracing::debug!("joined");
                 let mut end = None;
                 for frame in joined.frames {
-                    if self.session.text(frame).await.is_err() {
-                        end = Some(End::Gone);
+                    end = self.send(frame).await;
+                    if end.is_some() {
                         break;
                     }
                 }
                 match end {
                     Some(end) => end,
                     None => {
-                        self.pump(&mut stream, &mut queue, &mut kicked, &limits)
-                            .await
+                        Box::pin(self.rooms.hub().started(&room, self.conn_id)).await;
+                        self.pump(&mut stream, &overflow, &limits).await
                     }
                 }
             }
         };
-        self.rooms.hub().leave(&room, self.conn_id).await;
+        Box::pin(self.rooms.hub().leave(&room, self.conn_id)).await;
         if let End::Close(code, reason) = end {
             tracing::debug!(?code, reason, "closing");
             let close = self.session.close(Some(CloseReason {
@@ -127,31 +138,27 @@ impl Socket {
     async fn pump(
         &mut self,
         stream: &mut actix_ws::AggregatedMessageStream,
-        queue: &mut mpsc::Receiver<ByteString>,
-        kicked: &mut oneshot::Receiver<()>,
+        overflow: &Overflow,
         limits: &crate::config::RoomsSettings,
     ) -> End {
         let idle = Duration::from_secs(limits.idle_timeout_seconds);
         let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_seconds));
         ping.reset();
         let mut last_heard = Instant::now();
-        let mut room_open = true;
         loop {
             tokio::select! {
                 biased;
                 _ = self.shutdown.recv() => return End::Close(CloseCode::Away, "server shutting down"),
-                result = &mut *kicked, if room_open => match result {
-                    Ok(()) => return End::Close(CloseCode::Policy, "client does not read its messages"),
-                    Err(_) => room_open = false,
-                },
-                frame = queue.recv() => match frame {
-                    Some(frame) => {
-                        if let Some(end) = self.send_or_kicked(frame, kicked).await {
+                end = kicked(&mut self.kicked) => return end,
+                _ = overflow.ready() => {
+                    // A burst the channel did not hold: send it in order.
+                    while let Some(frame) = overflow.front() {
+                        if let Some(end) = self.send(frame).await {
                             return end;
                         }
+                        overflow.pop();
                     }
-                    None => return End::Close(CloseCode::Away, "room closed"),
-                },
+                }
                 message = stream.recv() => {
                     last_heard = Instant::now();
                     if let Some(end) = self.on_client(message).await {
@@ -162,31 +169,12 @@ impl Socket {
                     if last_heard.elapsed() >= idle {
                         return End::Close(CloseCode::Normal, "idle timeout");
                     }
-                    if self.session.ping(b"").await.is_err() {
-                        return End::Gone;
+                    let Self { session, kicked: k, .. } = self;
+                    if let Some(end) = guarded(k, session.ping(b"")).await {
+                        return end;
                     }
                 }
             }
-        }
-    }
-
-    /// Sends a queued frame; a client so slow that the room kicked it while
-    /// the send waited ends the loop.
-    async fn send_or_kicked(
-        &mut self,
-        frame: ByteString,
-        kicked: &mut oneshot::Receiver<()>,
-    ) -> Option<End> {
-        let send = std::pin::pin!(self.session.text(frame));
-        match select(send, kicked).await {
-            Either::Left((Ok(()), _)) => None,
-            Either::Left((Err(_), _)) => Some(End::Gone),
-            Either::Right((Ok(()), _)) => Some(End::Close(
-                CloseCode::Policy,
-                "client does not read its messages",
-            )),
-            // The room ended (shutdown); the frame is moot.
-            Either::Right((Err(_), _)) => Some(End::Close(CloseCode::Away, "room closed")),
         }
     }
 
@@ -207,8 +195,10 @@ impl Socket {
         };
         let text = match message {
             AggregatedMessage::Ping(bytes) => {
-                let _ = self.session.pong(&bytes).await;
-                return None;
+                let Self {
+                    session, kicked, ..
+                } = self;
+                return guarded(kicked, session.pong(&bytes)).await;
             }
             AggregatedMessage::Pong(_) => return None,
             AggregatedMessage::Close(_) => return Some(End::Gone),
@@ -249,10 +239,12 @@ impl Socket {
                 .await
             }
             Ok(ClientFrame::Publish(data)) => {
-                let result = self
-                    .rooms
-                    .publish(&self.params.room, &self.params.member, data)
-                    .await;
+                let result = Box::pin(self.rooms.publish(
+                    &self.params.room,
+                    &self.params.member,
+                    data,
+                ))
+                .await;
                 match result {
                     Ok(Published::Sent(_) | Published::Buffered) => None,
                     Err(PublishError::BufferFull(_)) => {
@@ -275,8 +267,38 @@ impl Socket {
         self.send(render::error(code, detail)).await
     }
 
+    /// Sends one frame of the socket's own (welcome, replay, pong, error).
     async fn send(&mut self, frame: ByteString) -> Option<End> {
-        self.session.text(frame).await.err().map(|_| End::Gone)
+        let Self {
+            session, kicked, ..
+        } = self;
+        guarded(kicked, session.text(frame)).await
+    }
+}
+
+/// Resolves when the room drops the socket: kicked for not reading (1008),
+/// or the room itself ended (shutdown: 1001). Pending forever once fired.
+async fn kicked(kicked: &mut Option<oneshot::Receiver<()>>) -> End {
+    let Some(receiver) = kicked.as_mut() else {
+        return std::future::pending().await;
+    };
+    let result = receiver.await;
+    *kicked = None;
+    match result {
+        Ok(()) => End::Close(CloseCode::Policy, "client does not read its messages"),
+        Err(_) => End::Close(CloseCode::Away, "room closed"),
+    }
+}
+
+/// Waits for a send unless the room drops the socket meanwhile (a client
+/// that does not read would block the send forever).
+async fn guarded(
+    kick: &mut Option<oneshot::Receiver<()>>,
+    send: impl std::future::Future<Output = Result<(), actix_ws::Closed>>,
+) -> Option<End> {
+    tokio::select! {
+        sent = send => sent.err().map(|_| End::Gone),
+        end = kicked(kick) => Some(end),
     }
 }
 

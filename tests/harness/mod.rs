@@ -414,6 +414,54 @@ impl Cluster {
         None
     }
 
+    /// Moves the slot of `key` from its master to the master at `to` (an
+    /// index into `nodes`), keys included, as `redis-cli --cluster reshard`
+    /// does: IMPORTING / MIGRATING, MIGRATE in batches, then SETSLOT NODE
+    /// on every master.
+    pub fn move_slot(&self, key: &str, to: usize) {
+        let from = self.master_index_for(key);
+        assert_ne!(from, to, "the slot is already there");
+        let slot = self.nodes[from]
+            .cli(&["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .to_string();
+        let id = |i: usize| self.nodes[i].cli(&["CLUSTER", "MYID"]).trim().to_string();
+        let (src, dst) = (id(from), id(to));
+        self.nodes[to].cli(&["CLUSTER", "SETSLOT", &slot, "IMPORTING", &src]);
+        self.nodes[from].cli(&["CLUSTER", "SETSLOT", &slot, "MIGRATING", &dst]);
+        let port = self.nodes[to].port.to_string();
+        loop {
+            let listed = self.nodes[from].cli(&["CLUSTER", "GETKEYSINSLOT", &slot, "100"]);
+            let keys: Vec<&str> = listed
+                .lines()
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+                .collect();
+            if keys.is_empty() {
+                break;
+            }
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            self.nodes[from].cli(&args);
+        }
+        for node in self.live() {
+            if node.info_field("replication", "role").as_deref() == Some("master") {
+                node.cli(&["CLUSTER", "SETSLOT", &slot, "NODE", &dst]);
+            }
+        }
+    }
+
+    /// Index of a live master other than `not`.
+    pub fn other_master(&self, not: usize) -> usize {
+        (0..self.nodes.len())
+            .find(|&i| {
+                i != not
+                    && self.nodes[i].child.is_some()
+                    && self.nodes[i].info_field("replication", "role").as_deref() == Some("master")
+            })
+            .expect("another live master")
+    }
+
     /// Keys starting with `prefix` on every master.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
         self.live()

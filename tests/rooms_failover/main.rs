@@ -115,3 +115,30 @@ async fn cluster_master_sigkill_loses_no_room_message() {
         )
         .await;
 }
+
+/// The room's slot moves to another master while members publish: the old
+/// master tells the subscriber `SUNSUBSCRIBE`, which must follow the slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_slot_move_keeps_the_room_whole() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Arc::new(Mutex::new(blocking(Cluster::start).await));
+    let env = vec![
+        ("REDIS_MODE", "cluster".to_string()),
+        ("REDIS_CLUSTER_NODES", cluster.lock().unwrap().nodes_env()),
+    ];
+    let (a, b) = spawn_pair(&env).await;
+    let scenario = Scenario::start(&a, &b, "cluster-move").await;
+    let tag = format!("{{{}}}", scenario.room);
+    let trigger = {
+        let cluster = cluster.clone();
+        let tag = tag.clone();
+        move || {
+            let cluster = cluster.lock().unwrap();
+            let from = cluster.master_index_for(&tag);
+            cluster.move_slot(&tag, cluster.other_master(from));
+        }
+    };
+    scenario
+        .through("the room's slot moved to another master", trigger, || 0)
+        .await;
+}

@@ -11,6 +11,7 @@ use redis::{
     Script, Value,
 };
 
+use redis::io::tcp::TcpSettings;
 use secrecy::ExposeSecret;
 
 use crate::config::{HostPort, RedisSettings};
@@ -87,6 +88,11 @@ impl Conn {
     }
 }
 
+/// Small commands must not wait for Nagle's algorithm (redis-rs leaves it on).
+fn tcp_settings() -> TcpSettings {
+    TcpSettings::default().set_nodelay(true)
+}
+
 /// Connection info for one node, with the configured password and db.
 pub fn node_info(settings: &RedisSettings, node: &HostPort) -> RedisResult<ConnectionInfo> {
     let mut redis = RedisConnectionInfo::default().set_db(settings.db);
@@ -96,7 +102,8 @@ pub fn node_info(settings: &RedisSettings, node: &HostPort) -> RedisResult<Conne
     }
     Ok(ConnectionAddr::Tcp(node.host.clone(), node.port)
         .into_connection_info()?
-        .set_redis_settings(redis))
+        .set_redis_settings(redis)
+        .set_tcp_settings(tcp_settings()))
 }
 
 /// Connection info from the single-mode URL, with password/db overrides.
@@ -110,7 +117,9 @@ pub fn url_info(settings: &RedisSettings) -> RedisResult<ConnectionInfo> {
     if settings.db != 0 {
         redis = redis.set_db(settings.db);
     }
-    Ok(info.set_redis_settings(redis))
+    Ok(info
+        .set_redis_settings(redis)
+        .set_tcp_settings(tcp_settings()))
 }
 
 fn manager_config(settings: &RedisSettings) -> ConnectionManagerConfig {
@@ -159,7 +168,8 @@ pub async fn connect_cluster(settings: &RedisSettings) -> RedisResult<Conn> {
         .response_timeout(settings.command_timeout())
         .retries(8)
         .min_retry_wait(10)
-        .max_retry_wait(200);
+        .max_retry_wait(200)
+        .tcp_settings(tcp_settings());
     let password = settings.password.expose_secret();
     if !password.is_empty() {
         builder = builder.password(password);

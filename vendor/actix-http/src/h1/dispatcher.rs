@@ -398,12 +398,10 @@ where
         }
 
         // All bytes have been accepted by the I/O stream, so the buffer can be reused or released.
-        if *write_buf_needs_reset {
-            *write_buf = BytesMut::with_capacity(HW_BUFFER_SIZE);
-            *write_buf_needs_reset = false;
-        } else {
-            write_buf.clear();
-        }
+        // PATCH (idle buffers): release it; the next write allocates what it needs. A
+        // long-lived connection that is mostly idle (a WebSocket) must not keep 8 KiB here.
+        let _ = write_buf_needs_reset;
+        *write_buf = BytesMut::new();
 
         // flush the I/O and check if get blocked
         io.poll_flush(cx)
@@ -1277,6 +1275,11 @@ where
                 }
 
                 Poll::Pending => {
+                    // PATCH (idle buffers): nothing left to decode and nothing arriving: give
+                    // the buffer back; the next read reserves it again.
+                    if this.read_buf.is_empty() {
+                        *this.read_buf = BytesMut::new();
+                    }
                     return Ok(false);
                 }
 
