@@ -12,11 +12,12 @@
 //! frames so they cannot overtake the replay.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytestring::ByteString;
 use futures_util::FutureExt as _;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::Notify;
 
 /// Where a connection's frames go. `false`: no room right now (or gone).
 pub trait Outlet: Send + Sync {
@@ -31,11 +32,15 @@ impl Outlet for actix_ws::Session {
     }
 }
 
-/// Frames that did not fit the outlet, oldest first, for the socket task.
+/// What the room and the socket task share about one connection: frames
+/// that did not fit the outlet, oldest first, and whether the room dropped
+/// the connection for not reading.
 #[derive(Default)]
 pub struct Overflow {
     queue: Mutex<VecDeque<ByteString>>,
     ready: Notify,
+    kicked: AtomicBool,
+    kick: Notify,
 }
 
 impl Overflow {
@@ -57,6 +62,13 @@ impl Overflow {
     pub fn pop(&self) {
         self.lock().pop_front();
     }
+
+    /// Resolves once the room has dropped the connection for not reading.
+    pub async fn kicked(&self) {
+        while !self.kicked.load(Ordering::Acquire) {
+            self.kick.notified().await;
+        }
+    }
 }
 
 pub struct Conn {
@@ -64,7 +76,6 @@ pub struct Conn {
     out: Box<dyn Outlet>,
     overflow: Arc<Overflow>,
     max_queue: usize,
-    kick: Option<oneshot::Sender<()>>,
     /// The highest message id sent (or held) for this connection.
     pub last_sent: u64,
     /// `Some` until the socket has sent its first frames.
@@ -76,7 +87,6 @@ pub struct ConnParts {
     pub member: String,
     pub out: Box<dyn Outlet>,
     pub overflow: Arc<Overflow>,
-    pub kick: oneshot::Sender<()>,
 }
 
 impl Conn {
@@ -86,7 +96,6 @@ impl Conn {
             out: parts.out,
             overflow: parts.overflow,
             max_queue,
-            kick: Some(parts.kick),
             last_sent,
             held: Some(Vec::new()),
         }
@@ -122,8 +131,7 @@ impl Conn {
 
     /// Tells the socket it is dropped for not reading.
     pub fn kick(&mut self) {
-        if let Some(kick) = self.kick.take() {
-            let _ = kick.send(());
-        }
+        self.overflow.kicked.store(true, Ordering::Release);
+        self.overflow.kick.notify_one();
     }
 }

@@ -173,6 +173,7 @@ impl Hub {
                 },
             };
         }
+        tracing::warn!(room = %room, "could not join a room task (it kept retiring)");
         None
     }
 

@@ -88,6 +88,8 @@ pub struct RoomTask {
     repair: Option<Repair>,
     /// Connections kicked for not reading, to be removed.
     slow: Vec<u64>,
+    /// The last connection left (the room may retire).
+    emptied: bool,
     max_queue: usize,
     /// Local ids handed out since Redis was last heard from: (first, last).
     /// Redis ids after an outage start above them (the publish floor).
@@ -167,6 +169,7 @@ impl RoomTask {
             repair: None,
             max_queue,
             slow: Vec::new(),
+            emptied: false,
             local_ids: None,
             redis_back: false,
         };
@@ -197,7 +200,9 @@ impl RoomTask {
                 tracing::debug!(room = %id, "room event queue overflowed; reading history");
                 room.catch_up_or_repair().await;
             }
-            if room.conns.is_empty() && registry.retire(&id, &mut cmds) {
+            // Only a room that had members and lost the last one retires: a
+            // fresh room waits for the join it was started for.
+            if room.emptied && room.conns.is_empty() && registry.retire(&id, &mut cmds) {
                 break;
             }
         }
@@ -539,6 +544,7 @@ impl RoomTask {
         let Some(conn) = self.conns.remove(&conn_id) else {
             return;
         };
+        self.emptied = self.conns.is_empty();
         self.shared.connections.fetch_sub(1, Ordering::AcqRel);
         let remaining = match self.members.get_mut(&conn.member) {
             Some(count) => {

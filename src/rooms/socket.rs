@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
 use bytestring::ByteString;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::broadcast;
 use tracing::Instrument as _;
 
 use super::conn::{ConnParts, Overflow};
@@ -34,19 +34,25 @@ pub struct SocketParams {
 /// How long a close frame may wait for a client that does not read.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
-/// Runs the socket until it closes. Spawned on the worker that upgraded it.
-pub async fn run(
+/// The socket's task, run until it closes; spawned on the worker that
+/// upgraded it. Not an `async fn`: its arguments would stay in the future
+/// beside the copies `serve` moves them into, for the socket's lifetime.
+pub fn run(
     rooms: Rooms,
     session: Session,
     stream: actix_ws::MessageStream,
     params: SocketParams,
-) {
+) -> impl std::future::Future<Output = ()> {
     let conn_id = rooms.next_conn_id();
     let span = tracing::info_span!("ws", room = %params.room, member = %params.member, conn_id);
+    let max = rooms.limits().max_frame_bytes;
+    let stream = stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max);
     Socket::new(rooms, session, params, conn_id)
         .serve(stream)
         .instrument(span)
-        .await;
 }
 
 struct Socket {
@@ -56,8 +62,8 @@ struct Socket {
     conn_id: u64,
     shutdown: broadcast::Receiver<()>,
     rate: RateWindow,
-    /// Fires when the room drops this socket (see [`kicked`]).
-    kicked: Option<oneshot::Receiver<()>>,
+    /// Shared with the room: bursts to send, and the kick.
+    overflow: Arc<Overflow>,
 }
 
 /// Why the loop ended, and what to tell the client.
@@ -77,26 +83,17 @@ impl Socket {
             params,
             conn_id,
             rate,
-            kicked: None,
+            overflow: Arc::new(Overflow::default()),
         }
     }
 
-    async fn serve(mut self, stream: actix_ws::MessageStream) {
-        let limits = self.rooms.limits().clone();
-        let mut stream = stream
-            .max_frame_size(limits.max_frame_bytes)
-            .aggregate_continuations()
-            .max_continuation_size(limits.max_frame_bytes);
-        let (kick, kicked) = oneshot::channel();
-        self.kicked = Some(kicked);
-        let overflow = Arc::new(Overflow::default());
+    async fn serve(mut self, mut stream: actix_ws::AggregatedMessageStream) {
         let request = JoinRequest {
             conn_id: self.conn_id,
             conn: ConnParts {
                 member: self.params.member.clone(),
                 out: Box::new(self.session.clone()),
-                overflow: overflow.clone(),
-                kick,
+                overflow: self.overflow.clone(),
             },
             resume: self.params.resume.clone(),
         };
@@ -110,7 +107,7 @@ impl Socket {
                 tracing::debug!("joined");
                 let mut end = None;
                 for frame in joined.frames {
-                    end = self.send(frame).await;
+                    end = Box::pin(self.send(frame)).await;
                     if end.is_some() {
                         break;
                     }
@@ -119,7 +116,7 @@ impl Socket {
                     Some(end) => end,
                     None => {
                         Box::pin(self.rooms.hub().started(&room, self.conn_id)).await;
-                        self.pump(&mut stream, &overflow, &limits).await
+                        self.pump(&mut stream).await
                     }
                 }
             }
@@ -135,12 +132,9 @@ impl Socket {
         }
     }
 
-    async fn pump(
-        &mut self,
-        stream: &mut actix_ws::AggregatedMessageStream,
-        overflow: &Overflow,
-        limits: &crate::config::RoomsSettings,
-    ) -> End {
+    async fn pump(&mut self, stream: &mut actix_ws::AggregatedMessageStream) -> End {
+        let overflow = self.overflow.clone();
+        let limits = self.rooms.limits();
         let idle = Duration::from_secs(limits.idle_timeout_seconds);
         let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_seconds));
         ping.reset();
@@ -149,19 +143,17 @@ impl Socket {
             tokio::select! {
                 biased;
                 _ = self.shutdown.recv() => return End::Close(CloseCode::Away, "server shutting down"),
-                end = kicked(&mut self.kicked) => return end,
+                _ = overflow.kicked() => return kicked_end(),
                 _ = overflow.ready() => {
-                    // A burst the channel did not hold: send it in order.
-                    while let Some(frame) = overflow.front() {
-                        if let Some(end) = self.send(frame).await {
-                            return end;
-                        }
-                        overflow.pop();
+                    if let Some(end) = Box::pin(self.drain(&overflow)).await {
+                        return end;
                     }
                 }
                 message = stream.recv() => {
                     last_heard = Instant::now();
-                    if let Some(end) = self.on_client(message).await {
+                    // Boxed: the handling futures are deep, and the loop's
+                    // own future lives as long as the (mostly idle) socket.
+                    if let Some(end) = Box::pin(self.on_client(message)).await {
                         return end;
                     }
                 }
@@ -169,8 +161,8 @@ impl Socket {
                     if last_heard.elapsed() >= idle {
                         return End::Close(CloseCode::Normal, "idle timeout");
                     }
-                    let Self { session, kicked: k, .. } = self;
-                    if let Some(end) = guarded(k, session.ping(b"")).await {
+                    let Self { session, overflow: o, .. } = self;
+                    if let Some(end) = Box::pin(guarded(o, session.ping(b""))).await {
                         return end;
                     }
                 }
@@ -196,9 +188,9 @@ impl Socket {
         let text = match message {
             AggregatedMessage::Ping(bytes) => {
                 let Self {
-                    session, kicked, ..
+                    session, overflow, ..
                 } = self;
-                return guarded(kicked, session.pong(&bytes)).await;
+                return guarded(overflow, session.pong(&bytes)).await;
             }
             AggregatedMessage::Pong(_) => return None,
             AggregatedMessage::Close(_) => return Some(End::Gone),
@@ -267,38 +259,39 @@ impl Socket {
         self.send(render::error(code, detail)).await
     }
 
+    /// Sends, in order, a burst the socket's channel did not hold.
+    async fn drain(&mut self, overflow: &Overflow) -> Option<End> {
+        while let Some(frame) = overflow.front() {
+            if let Some(end) = self.send(frame).await {
+                return Some(end);
+            }
+            overflow.pop();
+        }
+        None
+    }
+
     /// Sends one frame of the socket's own (welcome, replay, pong, error).
     async fn send(&mut self, frame: ByteString) -> Option<End> {
         let Self {
-            session, kicked, ..
+            session, overflow, ..
         } = self;
-        guarded(kicked, session.text(frame)).await
+        guarded(overflow, session.text(frame)).await
     }
 }
 
-/// Resolves when the room drops the socket: kicked for not reading (1008),
-/// or the room itself ended (shutdown: 1001). Pending forever once fired.
-async fn kicked(kicked: &mut Option<oneshot::Receiver<()>>) -> End {
-    let Some(receiver) = kicked.as_mut() else {
-        return std::future::pending().await;
-    };
-    let result = receiver.await;
-    *kicked = None;
-    match result {
-        Ok(()) => End::Close(CloseCode::Policy, "client does not read its messages"),
-        Err(_) => End::Close(CloseCode::Away, "room closed"),
-    }
+fn kicked_end() -> End {
+    End::Close(CloseCode::Policy, "client does not read its messages")
 }
 
 /// Waits for a send unless the room drops the socket meanwhile (a client
 /// that does not read would block the send forever).
 async fn guarded(
-    kick: &mut Option<oneshot::Receiver<()>>,
+    overflow: &Overflow,
     send: impl std::future::Future<Output = Result<(), actix_ws::Closed>>,
 ) -> Option<End> {
     tokio::select! {
         sent = send => sent.err().map(|_| End::Gone),
-        end = kicked(kick) => Some(end),
+        _ = overflow.kicked() => Some(kicked_end()),
     }
 }
 

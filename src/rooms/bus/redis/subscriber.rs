@@ -13,7 +13,7 @@
 //! backoff. Each confirmed subscription sends the room a `Resync`, and the
 //! room reads from history what pub/sub dropped meanwhile.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -107,8 +107,9 @@ struct Manager {
     names: Names,
     inbox: Arc<dyn Inbox>,
     sharded: bool,
-    /// Channel -> room, for every room with local members.
-    wanted: HashMap<String, Id>,
+    /// Channel -> (room, subscriptions asked for it), for every room with
+    /// local members.
+    wanted: HashMap<String, (Id, usize)>,
     /// Channel -> the link it was sent to.
     placed: HashMap<String, HostPort>,
     /// Node -> (link id, its command queue).
@@ -140,10 +141,19 @@ impl Manager {
                 want = wants.recv() => match want {
                     Some(Want::Subscribe(room)) => {
                         let channel = self.names.room(&room).channel;
-                        self.wanted.insert(channel, room);
+                        self.wanted.entry(channel).or_insert((room, 0)).1 += 1;
                     }
                     Some(Want::Unsubscribe(room)) => {
+                        // Counted: a retiring room task's unsubscribe may
+                        // come after its successor's subscribe.
                         let channel = self.names.room(&room).channel;
+                        let Some((_, count)) = self.wanted.get_mut(&channel) else {
+                            continue;
+                        };
+                        *count -= 1;
+                        if *count > 0 {
+                            continue;
+                        }
                         self.wanted.remove(&channel);
                         if let Some(node) = self.placed.remove(&channel) {
                             if let Some((_, link)) = self.links.get(&node) {
@@ -164,7 +174,7 @@ impl Manager {
         match event {
             LinkEvent::Subscribed(channel) => {
                 self.backoff = Duration::from_millis(50);
-                if let Some(room) = self.wanted.get(&channel) {
+                if let Some((room, _)) = self.wanted.get(&channel) {
                     self.inbox.deliver(room, BusEvent::Resync);
                 }
             }
@@ -445,7 +455,9 @@ impl Link {
             ("SUBSCRIBE", "UNSUBSCRIBE")
         };
         let mut pending = VecDeque::new();
-        let mut leaving: HashSet<String> = HashSet::new();
+        // Unsubscribes sent and not yet confirmed, per channel: any other
+        // unsubscribe is the server's own (the slot moved).
+        let mut leaving: HashMap<String, usize> = HashMap::new();
         let mut probe = tokio::time::interval(PROBE_EVERY);
         let mut heard = Instant::now();
         loop {
@@ -454,12 +466,11 @@ impl Link {
                     None => return Ok(()),
                     Some(LinkCmd::Subscribe(channel)) => {
                         write_cmd(&mut write, redis::cmd(sub).arg(&channel)).await?;
-                        leaving.remove(&channel);
                         pending.push_back(Pending::Subscribe(channel));
                     }
                     Some(LinkCmd::Unsubscribe(channel)) => {
                         write_cmd(&mut write, redis::cmd(unsub).arg(&channel)).await?;
-                        leaving.insert(channel);
+                        *leaving.entry(channel).or_default() += 1;
                         pending.push_back(Pending::Unsubscribe);
                     }
                 },
@@ -485,7 +496,7 @@ impl Link {
         &self,
         reply: Reply,
         pending: &mut VecDeque<Pending>,
-        leaving: &mut HashSet<String>,
+        leaving: &mut HashMap<String, usize>,
     ) -> Result<(), String> {
         let items = match reply {
             Reply::Error(e) => {
@@ -515,7 +526,11 @@ impl Link {
                 let _ = self.events.send(LinkEvent::Subscribed(channel)).await;
             }
             "unsubscribe" | "sunsubscribe" => {
-                if leaving.remove(&channel) {
+                if let Some(n) = leaving.get_mut(&channel) {
+                    *n -= 1;
+                    if *n == 0 {
+                        leaving.remove(&channel);
+                    }
                     pending.pop_front();
                 } else {
                     // Not asked for: the slot moved away from this node.
