@@ -181,3 +181,50 @@ crate::backend_tests!(
     full_rooms_refuse_new_members,
     publishing_needs_the_grant,
 );
+
+/// The back-end publish is a management call: refused without the API key
+/// when keys are configured; bad bodies get the contract's codes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_publish_needs_the_key_and_a_valid_body() {
+    let app = spawn_app_with(Backend::Memory, &[("API_KEYS", "room-key")]).await;
+    let url = app.url("/api/rooms/r1/publish");
+    let post = |key: Option<&'static str>, body: serde_json::Value| {
+        let mut req = app.client.post(url.clone()).json(&body);
+        if let Some(key) = key {
+            req = req.header("x-api-key", key);
+        }
+        req.send()
+    };
+    let code = |res: (u16, serde_json::Value)| (res.0, res.1["error"].as_str().map(str::to_string));
+    let read = crate::helpers::read;
+    assert_eq!(
+        code(read(post(None, json!({"data": 1})).await.unwrap()).await),
+        (401, Some("unauthorized".into()))
+    );
+    assert_eq!(
+        code(read(post(Some("nope"), json!({"data": 1})).await.unwrap()).await),
+        (401, Some("unauthorized".into()))
+    );
+    let (status, body) = read(post(Some("room-key"), json!({"data": 1})).await.unwrap()).await;
+    assert_eq!((status, body["id"].as_u64()), (202, Some(1)), "{body}");
+    for (bad, expected) in [
+        (json!({}), "invalid_request"),
+        (json!({"data": 1, "from": ""}), "invalid_request"),
+        (json!({"data": 1, "from": 7}), "invalid_request"),
+    ] {
+        assert_eq!(
+            code(read(post(Some("room-key"), bad.clone()).await.unwrap()).await),
+            (400, Some(expected.into())),
+            "{bad}"
+        );
+    }
+    let bad_room = app
+        .client
+        .post(app.url("/api/rooms/a..b/publish"))
+        .header("x-api-key", "room-key")
+        .json(&json!({"data": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(code(read(bad_room).await), (400, Some("invalid_id".into())));
+}

@@ -27,6 +27,18 @@ use run::{spawn_pair, Scenario};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// A fresh Cluster, two brokers on it and the members' load started.
+async fn cluster_scenario(label: &str) -> (Arc<Mutex<Cluster>>, Scenario) {
+    let cluster = Arc::new(Mutex::new(blocking(Cluster::start).await));
+    let env = vec![
+        ("REDIS_MODE", "cluster".to_string()),
+        ("REDIS_CLUSTER_NODES", cluster.lock().unwrap().nodes_env()),
+    ];
+    let (a, b) = spawn_pair(&env).await;
+    let scenario = Scenario::start(&a, &b, label).await;
+    (cluster, scenario)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_loses_no_room_message() {
     let _serial = SERIAL.lock().await;
@@ -73,13 +85,7 @@ async fn sentinel_master_sigkill_loses_no_room_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_master_sigkill_loses_no_room_message() {
     let _serial = SERIAL.lock().await;
-    let cluster = Arc::new(Mutex::new(blocking(Cluster::start).await));
-    let env = vec![
-        ("REDIS_MODE", "cluster".to_string()),
-        ("REDIS_CLUSTER_NODES", cluster.lock().unwrap().nodes_env()),
-    ];
-    let (a, b) = spawn_pair(&env).await;
-    let scenario = Scenario::start(&a, &b, "cluster-kill").await;
+    let (cluster, scenario) = cluster_scenario("cluster-kill").await;
     let tag = format!("{{{}}}", scenario.room);
     let victim = cluster.lock().unwrap().master_index_for(&tag);
     let trigger = {
@@ -121,13 +127,7 @@ async fn cluster_master_sigkill_loses_no_room_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_slot_move_keeps_the_room_whole() {
     let _serial = SERIAL.lock().await;
-    let cluster = Arc::new(Mutex::new(blocking(Cluster::start).await));
-    let env = vec![
-        ("REDIS_MODE", "cluster".to_string()),
-        ("REDIS_CLUSTER_NODES", cluster.lock().unwrap().nodes_env()),
-    ];
-    let (a, b) = spawn_pair(&env).await;
-    let scenario = Scenario::start(&a, &b, "cluster-move").await;
+    let (cluster, scenario) = cluster_scenario("cluster-move").await;
     let tag = format!("{{{}}}", scenario.room);
     let trigger = {
         let cluster = cluster.clone();

@@ -10,8 +10,10 @@
 //! Keys of a room share one hash slot (`room:{<room>}:...`): `meta` (epoch,
 //! last id, the master's replication id), `history` (a stream whose entry
 //! ids are the message ids, capped at `rooms.history_size`), the three
-//! presence keys, and the `events` channel.
+//! presence keys, `origins` (recent publish ids, for idempotent retries)
+//! and the `events` channel.
 
+mod link;
 mod resp;
 mod scripts;
 mod subscriber;
