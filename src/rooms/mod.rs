@@ -3,7 +3,8 @@
 //! Rooms are not key/value records, so they live beside the `Store`, not in
 //! it. The pieces: `protocol` (the frames as types), `socket` (one task per
 //! WebSocket), `room` (one task per room with local members: ordering,
-//! dedup, catch-up from history, presence), `hub` (the registry of room
+//! dedup, catch-up from history, presence), `conn` (a member's outlet,
+//! burst overflow and kick, shared by its room and socket), `hub` (the registry of room
 //! tasks and the inbox the bus delivers into), `outbox` (publishing with
 //! the bounded outage buffer) and `bus` (ids, history, pub/sub and presence:
 //! in memory for one instance, Redis for many). The rest of the broker uses

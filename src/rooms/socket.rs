@@ -1,10 +1,12 @@
 //! The per-socket loop: one task per WebSocket, selecting over the client's
-//! frames, the room's queue for it, the heartbeat and shutdown.
+//! frames, bursts its room could not write at once (the overflow), the
+//! kick, the heartbeat and shutdown. Live frames do not pass through here:
+//! the room writes them into the socket's channel itself (see `conn`).
 //!
 //! Limits of section 6 live here: frame size (close 1009), frames per
 //! second (error frame `rate_limited`, close 1008 at twice the rate), a
-//! client that stops reading (its queue fills, the room kicks it: close
-//! 1008), pings every `ping_interval`, close after `idle_timeout` of
+//! client that stops reading (its channel and overflow fill, the room kicks
+//! it: close 1008), pings every `ping_interval`, close after `idle_timeout` of
 //! silence, and 1001 when the broker shuts down. Bad frames get an
 //! `invalid_frame` error frame and the socket stays open.
 

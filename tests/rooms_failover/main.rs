@@ -39,13 +39,19 @@ async fn cluster_scenario(label: &str) -> (Arc<Mutex<Cluster>>, Scenario) {
     (cluster, scenario)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sentinel_failover_loses_no_room_message() {
-    let _serial = SERIAL.lock().await;
+/// A fresh Sentinel set, two brokers on it and the members' load started.
+async fn sentinel_scenario(label: &str) -> (Arc<Mutex<SentinelSet>>, Scenario) {
     let set = Arc::new(Mutex::new(blocking(SentinelSet::start).await));
     let env = set.lock().unwrap().broker_env();
     let (a, b) = spawn_pair(&env).await;
-    let scenario = Scenario::start(&a, &b, "sentinel-failover").await;
+    let scenario = Scenario::start(&a, &b, label).await;
+    (set, scenario)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_loses_no_room_message() {
+    let _serial = SERIAL.lock().await;
+    let (set, scenario) = sentinel_scenario("sentinel-failover").await;
     let old = set.lock().unwrap().master_port();
     let trigger = {
         let set = set.clone();
@@ -64,10 +70,7 @@ async fn sentinel_failover_loses_no_room_message() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_master_sigkill_loses_no_room_message() {
     let _serial = SERIAL.lock().await;
-    let set = Arc::new(Mutex::new(blocking(SentinelSet::start).await));
-    let env = set.lock().unwrap().broker_env();
-    let (a, b) = spawn_pair(&env).await;
-    let scenario = Scenario::start(&a, &b, "sentinel-kill").await;
+    let (set, scenario) = sentinel_scenario("sentinel-kill").await;
     let old = set.lock().unwrap().master_port();
     let trigger = {
         let set = set.clone();

@@ -155,3 +155,56 @@ async fn sigterm_closes_sockets_with_1001() {
     let status = blocking(move || broker.wait_exit(Duration::from_secs(10))).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
 }
+
+/// The outage buffer is bounded and never silent: while Redis is away a
+/// management publish answers 202 `{"id": null, "buffered": true}`; once the
+/// buffer is full a WebSocket publish gets an error frame, a management one
+/// 503 `storage_unavailable` with `Retry-After`, and health counts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outage_buffer_refuses_and_counts() {
+    let _serial = SERIAL.lock().await;
+    let mut redis = blocking(Single::start).await;
+    let prefix = format!("b{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let env = broker_env(
+        &[
+            ("REDIS_URL", redis.url()),
+            ("REDIS_COMMAND_TIMEOUT", "300".into()),
+            ("BROKER__ROOMS__OUTAGE_BUFFER", "2".into()),
+        ],
+        &prefix,
+    );
+    let a = crate::harness::spawn_broker(&env).await;
+    let mut alice = join(&a, "full", "alice").await;
+    blocking(move || {
+        redis.node.kill();
+        redis
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let publish = || {
+        http.post(format!("{a}/api/rooms/full/publish"))
+            .json(&json!({"data": "x"}))
+            .send()
+    };
+    let res = publish().await.unwrap();
+    assert_eq!(res.status(), 202);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"id": null, "buffered": true}));
+    alice.publish(json!("second")).await;
+    alice.publish(json!("third")).await;
+    let error = alice.next_of("error").await;
+    assert_eq!(error["error"], "storage_unavailable", "{error}");
+    let res = publish().await.unwrap();
+    assert_eq!(res.status(), 503);
+    assert!(res.headers().contains_key("retry-after"));
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "storage_unavailable", "{body}");
+    let health: serde_json::Value = reqwest::get(format!("{a}/api/health"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["rooms"]["outage_buffered"], 2, "{health}");
+    assert_eq!(health["rooms"]["outage_refused"], 2, "{health}");
+}

@@ -400,8 +400,8 @@ where
         // All bytes have been accepted by the I/O stream, so the buffer can be reused or released.
         // PATCH (idle buffers): release it; the next write allocates what it needs. A
         // long-lived connection that is mostly idle (a WebSocket) must not keep 8 KiB here.
-        let _ = write_buf_needs_reset;
         *write_buf = BytesMut::new();
+        *write_buf_needs_reset = false;
 
         // flush the I/O and check if get blocked
         io.poll_flush(cx)
