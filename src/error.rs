@@ -7,6 +7,7 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::domain::{IdError, TtlError};
+use crate::recording::RecordingError;
 use crate::rooms::PublishError;
 use crate::sessions::SessionError;
 use crate::store::StoreError;
@@ -61,6 +62,8 @@ pub enum ApiError {
     RoomFull,
     #[error(transparent)]
     Publish(#[from] PublishError),
+    #[error(transparent)]
+    Recording(#[from] RecordingError),
 }
 
 impl ApiError {
@@ -111,6 +114,7 @@ impl ApiError {
             Self::Token(T::Signing(_)) | Self::Session(S::Corrupt(_)) => {
                 ("internal_error", C::INTERNAL_SERVER_ERROR)
             }
+            Self::Recording(e) => recording_code(e),
         }
     }
 
@@ -120,7 +124,9 @@ impl ApiError {
             Self::Store(e)
             | Self::Token(TokenError::Store(e))
             | Self::Session(SessionError::Store(e))
-            | Self::Publish(PublishError::Store(e)) => Some(e),
+            | Self::Publish(PublishError::Store(e))
+            | Self::Recording(RecordingError::Store(e))
+            | Self::Recording(RecordingError::Token(TokenError::Store(e))) => Some(e),
             _ => None,
         }
     }
@@ -146,6 +152,28 @@ fn store_code(e: &StoreError) -> (&'static str, StatusCode) {
             ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE)
         }
         StoreError::Rejected(_) => ("internal_error", StatusCode::INTERNAL_SERVER_ERROR),
+    }
+}
+
+fn recording_code(e: &RecordingError) -> (&'static str, StatusCode) {
+    use RecordingError as R;
+    use StatusCode as C;
+    match e {
+        R::NotFound => ("recording_not_found", C::NOT_FOUND),
+        R::NotActive => ("recording_not_active", C::CONFLICT),
+        R::EmptyChunk => ("empty_chunk", C::BAD_REQUEST),
+        R::ChunkTooLarge(_) => ("chunk_too_large", C::PAYLOAD_TOO_LARGE),
+        R::TooManyChunks(_) => ("too_many_chunks", C::CONFLICT),
+        R::UploadTimeout(_) => ("upload_timeout", C::REQUEST_TIMEOUT),
+        R::Forbidden => ("recording_forbidden", C::FORBIDDEN),
+        R::MergeUnavailable(_) => ("merge_unavailable", C::SERVICE_UNAVAILABLE),
+        R::OnlyInRedis | R::Contended => ("storage_unavailable", C::SERVICE_UNAVAILABLE),
+        R::Token(TokenError::Invalid(_)) => ("invalid_token", C::UNAUTHORIZED),
+        R::Token(TokenError::NoToken) => ("invalid_token", C::UNAUTHORIZED),
+        R::Store(e) | R::Token(TokenError::Store(e)) => store_code(e),
+        R::Token(TokenError::Signing(_)) | R::Corrupt(_) | R::Storage(_) => {
+            ("internal_error", C::INTERNAL_SERVER_ERROR)
+        }
     }
 }
 

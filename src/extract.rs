@@ -63,6 +63,36 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     }
 }
 
+/// A JSON body for calls whose every field is optional: an empty body is
+/// `None` (no content type needed), anything else is parsed as [`JsonBody`].
+#[derive(Debug)]
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<T: DeserializeOwned + 'static> FromRequest for OptionalJsonBody<T> {
+    type Error = ApiError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let limits = req.app_data::<JsonLimits>().copied().unwrap_or_default();
+        let is_json = req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(is_json_content_type);
+        let mut payload = payload.take();
+        Box::pin(async move {
+            let body = read_limited(&mut payload, limits.max_bytes).await?;
+            if body.iter().all(u8::is_ascii_whitespace) {
+                return Ok(Self(None));
+            }
+            if !is_json {
+                return Err(ApiError::UnsupportedMediaType);
+            }
+            parse_json(&body, limits).map(|v| Self(Some(v)))
+        })
+    }
+}
+
 fn is_json_content_type(value: &str) -> bool {
     let mime = value
         .split(';')

@@ -8,7 +8,8 @@
 //! `extract` (request parsing), `auth` (API keys), `error` (errors to HTTP),
 //! `health` (lifecycle), `telemetry` (logs, request spans), `overload` (load
 //! shedding), `shutdown`, `rooms` (WebSocket rooms and their bus between
-//! instances), `origins` (the allowed browser origins).
+//! instances), `recording` (chunk uploads, indices, merges, downloads),
+//! `origins` (the allowed browser origins).
 
 pub mod auth;
 pub mod clock;
@@ -20,6 +21,7 @@ pub mod health;
 pub mod migration;
 pub mod origins;
 pub mod overload;
+pub mod recording;
 pub mod rooms;
 pub mod routes;
 pub mod sessions;

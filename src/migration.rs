@@ -1,9 +1,11 @@
 //! How writes made during a Redis outage are reconciled with Redis when it
 //! returns (SPEC section 10): the newer write wins, by `iat` for tokens and
-//! `updated_at` for sessions, and deleting a token revokes its `jti`.
+//! `updated_at` for sessions and recordings, and deleting a token revokes
+//! its `jti`.
 
 use std::time::Duration;
 
+use crate::recording::Record;
 use crate::sessions::SessionRecord;
 use crate::store::{Key, KeyKind, Reconcile};
 use crate::tokens::{revocation, stored_claims};
@@ -25,6 +27,9 @@ impl Reconcile for DomainReconcile {
             KeyKind::Session => serde_json::from_str::<SessionRecord>(value)
                 .ok()
                 .map(|r| r.updated_at.saturating_mul(1000)),
+            KeyKind::Recording => serde_json::from_str::<Record>(value)
+                .ok()
+                .map(|r| r.updated_at_ms),
             KeyKind::Revocation | KeyKind::Counter => None,
         }
     }

@@ -19,6 +19,7 @@ use crate::health::Lifecycle;
 use crate::migration::DomainReconcile;
 use crate::origins::AllowedOrigins;
 use crate::overload::{self, InflightLimit};
+use crate::recording::Recordings;
 use crate::rooms::Rooms;
 use crate::routes;
 use crate::sessions::SessionService;
@@ -36,6 +37,11 @@ pub enum StartupError {
     Keys(#[from] KeyError),
     #[error("cannot open the fallback journal {path}: {source}")]
     Journal {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the recording folders ({path}): {source}")]
+    Recordings {
         path: String,
         source: std::io::Error,
     },
@@ -95,6 +101,8 @@ impl Application {
             token_max_ttl: settings.tokens.max_ttl_seconds,
             token_default_ttl: settings.tokens.default_ttl_seconds,
             session_max_ttl: settings.sessions.max_ttl_seconds,
+            max_chunk_bytes: settings.recordings.max_chunk_bytes,
+            upload_timeout: Duration::from_secs(settings.recordings.upload_timeout_seconds),
         };
         let session_ttl = Ttl::new(
             settings.sessions.default_ttl_seconds,
@@ -104,8 +112,18 @@ impl Application {
             key: "sessions.default_ttl_seconds",
             reason: e.to_string(),
         })?;
+        let tokens = TokenService::new(keys, store.clone(), &settings.tokens);
+        let recordings = Recordings::start(&settings.recordings, store.clone(), tokens.clone())
+            .await
+            .map_err(|source| StartupError::Recordings {
+                path: settings.recordings.chunk_path().display().to_string(),
+                source,
+            })?;
+        if recordings.available().is_err() {
+            warnings.push("merge_unavailable");
+        }
         let state = AppState {
-            tokens: TokenService::new(keys, store.clone(), &settings.tokens),
+            tokens,
             sessions: SessionService::new(
                 store.clone(),
                 session_ttl,
@@ -114,6 +132,7 @@ impl Application {
             ),
             store,
             rooms,
+            recordings,
             lifecycle: Arc::new(Lifecycle::new(settings.server.server_id.clone())),
             warnings: Arc::new(warnings),
             limits,

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::health::Lifecycle;
+use crate::recording::Recordings;
 use crate::rooms::Rooms;
 use crate::sessions::SessionService;
 use crate::store::Store;
@@ -16,6 +17,7 @@ pub struct AppState {
     pub sessions: SessionService,
     pub store: Arc<dyn Store>,
     pub rooms: Rooms,
+    pub recordings: Recordings,
     pub lifecycle: Arc<Lifecycle>,
     /// Start-up conditions operators should know about (e.g. the public
     /// development secret), listed in `/api/health`.
@@ -30,4 +32,7 @@ pub struct FieldLimits {
     pub token_max_ttl: u64,
     pub token_default_ttl: u64,
     pub session_max_ttl: u64,
+    pub max_chunk_bytes: usize,
+    /// How long a chunk body may take to arrive.
+    pub upload_timeout: std::time::Duration,
 }

@@ -28,6 +28,10 @@ const LEGACY_ENV: &[(&str, &str, bool)] = &[
     ("REDIS_COMMAND_TIMEOUT", "redis.command_timeout_ms", false),
     ("TOKEN_SECRET", "tokens.secret", false),
     ("API_KEYS", "auth.api_keys", true),
+    ("STORAGE_LOCAL_PATH", "recordings.output_dir", false),
+    ("TEMP_DIR", "recordings.chunk_dir", false),
+    ("CLEANUP_CHUNKS", "recordings.cleanup_chunks", false),
+    ("API_BASE_URL", "recordings.api_base_url", false),
 ];
 
 /// The legacy environment names as a configuration layer of their own, so

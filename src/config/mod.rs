@@ -22,8 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use legacy::LegacyEnv;
 pub use sections::{
-    AuthSettings, CorsSettings, HostPort, LimitSettings, LogFormat, LogSettings, RedisMode,
-    RedisSettings, RoomsSettings, ServerSettings, SessionSettings, StorageSettings, TokenSettings,
+    AuthSettings, CorsSettings, HostPort, LimitSettings, LogFormat, LogSettings,
+    RecordingsSettings, RedisMode, RedisSettings, RoomsSettings, ServerSettings, SessionSettings,
+    StorageSettings, TokenSettings,
 };
 pub use validate::MIN_TOKEN_SECRET_BYTES;
 
@@ -105,6 +106,7 @@ pub struct Settings {
     pub sessions: SessionSettings,
     pub auth: AuthSettings,
     pub rooms: RoomsSettings,
+    pub recordings: RecordingsSettings,
     pub cors: CorsSettings,
     pub log: LogSettings,
 }

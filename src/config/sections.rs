@@ -217,6 +217,55 @@ impl RoomsSettings {
     }
 }
 
+/// Recordings (SPEC section 7): where chunks and results live, limits, and
+/// the merge tools.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RecordingsSettings {
+    /// Chunks while recording (legacy `TEMP_DIR`); empty = the OS temp dir.
+    pub chunk_dir: String,
+    /// Finished recordings (legacy `STORAGE_LOCAL_PATH`); empty = the OS temp dir.
+    pub output_dir: String,
+    /// Remove the chunks after a good merge (legacy `CLEANUP_CHUNKS`).
+    pub cleanup_chunks: bool,
+    /// Prefix of download and WebSocket URLs (legacy `API_BASE_URL`).
+    pub api_base_url: String,
+    pub upload_token_ttl_seconds: u64,
+    pub max_chunk_bytes: usize,
+    pub max_chunks: u64,
+    pub upload_timeout_seconds: u64,
+    pub max_concurrent_merges: usize,
+    /// Fractions allowed (tests use a few milliseconds).
+    pub merge_timeout_seconds: f64,
+    pub retention_hours: u64,
+    pub ffmpeg_path: String,
+    pub ffprobe_path: String,
+}
+
+impl RecordingsSettings {
+    /// How long a recording, its chunks, counter and result are kept.
+    pub fn retention(&self) -> Duration {
+        Duration::from_secs(self.retention_hours.saturating_mul(3600))
+    }
+
+    /// The chunk directory, the OS temp dir's `rtc-broker/chunks` when unset.
+    pub fn chunk_path(&self) -> std::path::PathBuf {
+        dir_or_temp(&self.chunk_dir, "chunks")
+    }
+
+    /// The output directory, the OS temp dir's `rtc-broker/recordings` when unset.
+    pub fn output_path(&self) -> std::path::PathBuf {
+        dir_or_temp(&self.output_dir, "recordings")
+    }
+}
+
+fn dir_or_temp(dir: &str, leaf: &str) -> std::path::PathBuf {
+    if dir.is_empty() {
+        std::env::temp_dir().join("rtc-broker").join(leaf)
+    } else {
+        std::path::PathBuf::from(dir)
+    }
+}
+
 /// Which browser origins may call the broker: the WebSocket `Origin` check
 /// now, the HTTP CORS layer later (one list for both).
 #[derive(Debug, Clone, Deserialize, Serialize)]

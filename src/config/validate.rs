@@ -60,6 +60,7 @@ impl Settings {
             return Err(invalid("limits.json_max_depth", "must be at least 1"));
         }
         self.validate_rooms()?;
+        self.validate_recordings()?;
         if self.storage.sweep_interval_ms == 0 {
             return Err(invalid("storage.sweep_interval_ms", "must be at least 1"));
         }
@@ -255,6 +256,44 @@ impl Settings {
             .any(|o| o.trim().is_empty())
         {
             return Err(invalid("cors.allowed_origins", "empty origin in the list"));
+        }
+        Ok(())
+    }
+}
+
+impl Settings {
+    /// Recording limits must leave recordings usable.
+    fn validate_recordings(&self) -> Result<(), SettingsError> {
+        let r = &self.recordings;
+        for (key, value) in [
+            (
+                "recordings.upload_token_ttl_seconds",
+                r.upload_token_ttl_seconds,
+            ),
+            ("recordings.max_chunk_bytes", r.max_chunk_bytes as u64),
+            ("recordings.max_chunks", r.max_chunks),
+            (
+                "recordings.upload_timeout_seconds",
+                r.upload_timeout_seconds,
+            ),
+            (
+                "recordings.max_concurrent_merges",
+                r.max_concurrent_merges as u64,
+            ),
+            ("recordings.retention_hours", r.retention_hours),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        if !(r.merge_timeout_seconds.is_finite() && r.merge_timeout_seconds > 0.0) {
+            return Err(invalid(
+                "recordings.merge_timeout_seconds",
+                "must be a positive number of seconds",
+            ));
+        }
+        if r.ffmpeg_path.is_empty() || r.ffprobe_path.is_empty() {
+            return Err(invalid("recordings.ffmpeg_path", "must name a program"));
         }
         Ok(())
     }

@@ -40,6 +40,7 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         "redis": redis,
         "warnings": warnings,
         "rooms": state.rooms.stats(),
+        "recordings": state.recordings.stats(),
     }))
 }
 

@@ -2,6 +2,7 @@
 //! JSON 404/405 answers for unknown routes and methods live here too.
 
 mod health;
+mod recordings;
 mod rooms;
 mod sessions;
 mod tokens;
@@ -19,6 +20,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     tokens::configure(cfg);
     sessions::configure(cfg);
     rooms::configure(cfg);
+    recordings::configure(cfg);
 }
 
 /// The app-wide fallback for paths no route matches.

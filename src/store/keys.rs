@@ -26,11 +26,19 @@ pub enum KeyKind {
     /// A counter that only moves up, e.g. a recording's chunk index
     /// (`recording:<id>:chunk_index`).
     Counter,
+    /// A recording's state (`rec:{<id>}`).
+    Recording,
 }
 
 impl KeyKind {
     /// Every kind, for reports and for recognising names.
-    pub const ALL: [KeyKind; 4] = [Self::Token, Self::Revocation, Self::Session, Self::Counter];
+    pub const ALL: [KeyKind; 5] = [
+        Self::Token,
+        Self::Revocation,
+        Self::Session,
+        Self::Counter,
+        Self::Recording,
+    ];
 
     /// How the names of this kind begin: the one place each is spelled.
     pub const fn prefix(self) -> &'static str {
@@ -39,6 +47,7 @@ impl KeyKind {
             Self::Revocation => "rtc:revoked:",
             Self::Session => "session:",
             Self::Counter => "recording:",
+            Self::Recording => "rec:",
         }
     }
 
@@ -111,6 +120,12 @@ pub fn recording_chunk_index(record_id: &Id) -> Key {
     Key::new(KeyKind::Counter, format_args!("{record_id}:chunk_index"))
 }
 
+/// A recording's state record; the hash tag keeps any later per-recording
+/// keys in its slot.
+pub fn recording(record_id: &Id) -> Key {
+    Key::new(KeyKind::Recording, format_args!("{{{record_id}}}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +144,8 @@ mod tests {
         assert_eq!(session(&id).kind(), KeyKind::Session);
         assert_eq!(revoked_token("j").kind(), KeyKind::Revocation);
         assert_eq!(recording_chunk_index(&id).kind(), KeyKind::Counter);
+        assert_eq!(recording(&id).as_str(), "rec:{s1}");
+        assert_eq!(recording(&id).kind(), KeyKind::Recording);
     }
 
     #[test]
@@ -139,6 +156,7 @@ mod tests {
             revoked_token("j"),
             session(&id),
             recording_chunk_index(&id),
+            recording(&id),
         ] {
             assert_eq!(KeyKind::of_legacy_name(key.as_str()), Some(key.kind()));
         }

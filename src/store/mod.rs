@@ -174,6 +174,7 @@ pub struct Migrated {
     pub sessions: u64,
     pub revocations: u64,
     pub counters: u64,
+    pub recordings: u64,
     /// How long the last replay took, from Redis answering to the switch.
     pub replay_ms: u64,
 }
@@ -186,6 +187,7 @@ impl Migrated {
             KeyKind::Session => &mut self.sessions,
             KeyKind::Revocation => &mut self.revocations,
             KeyKind::Counter => &mut self.counters,
+            KeyKind::Recording => &mut self.recordings,
         };
         *field += 1;
     }

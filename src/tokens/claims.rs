@@ -41,6 +41,26 @@ pub struct Claims {
     pub jti: String,
 }
 
+/// What an upload token's `use` claim says; nothing else is accepted.
+pub const UPLOAD_USE: &str = "upload";
+
+/// The claims of a recording's upload token (SPEC section 7): `rec` and
+/// `use` instead of an RTC token's `sid`, `room` and `grants`, so neither
+/// kind verifies as the other.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadClaims {
+    pub iss: String,
+    pub aud: String,
+    /// The recording this token may upload to.
+    pub rec: String,
+    #[serde(rename = "use")]
+    pub usage: String,
+    pub iat: u64,
+    pub nbf: u64,
+    pub exp: u64,
+    pub jti: String,
+}
+
 /// What the broker reads from a token in its own store: only the times and
 /// the id, each optional, so a token written by the Node deployments (no
 /// `iss`, `aud`, `nbf`, `grants`, maybe no `room`) is as readable as ours.

@@ -5,7 +5,7 @@ mod claims;
 mod service;
 mod signing;
 
-pub use claims::{Claims, Grants, StoredClaims};
+pub use claims::{Claims, Grants, StoredClaims, UploadClaims, UPLOAD_USE};
 pub use service::{
     revocation, stored_claims, IssueRequest, IssuedToken, StoredToken, TokenService,
 };

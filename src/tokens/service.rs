@@ -4,7 +4,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::claims::RawStoredClaims;
-use super::{Claims, Grants, SigningKeys, StoredClaims, TokenError};
+use super::{Claims, Grants, SigningKeys, StoredClaims, TokenError, UploadClaims, UPLOAD_USE};
 use crate::clock::unix_now;
 use crate::config::TokenSettings;
 use crate::domain::{Id, Ttl};
@@ -148,8 +148,40 @@ impl TokenService {
 
     /// Verifies a presented token: signature, claims, and revocation.
     pub async fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        let claims = self.keys.verify(token)?;
-        let jti = Id::parse(&claims.jti).map_err(|_| TokenError::Invalid("bad jti".into()))?;
+        let claims: Claims = self.keys.verify(token)?;
+        self.refuse_revoked(&claims.jti).await?;
+        Ok(claims)
+    }
+
+    /// Signs an upload token for one recording (not stored: it is handed
+    /// to the recorder, which presents it with every chunk).
+    pub fn issue_upload(&self, record_id: &Id, ttl: Duration) -> Result<String, TokenError> {
+        let now = unix_now();
+        self.keys.sign(&UploadClaims {
+            iss: self.issuer.clone(),
+            aud: self.audience.clone(),
+            rec: record_id.to_string(),
+            usage: UPLOAD_USE.to_string(),
+            iat: now,
+            nbf: now,
+            exp: now + ttl.as_secs(),
+            jti: Id::generate().to_string(),
+        })
+    }
+
+    /// Verifies an upload token: signature, claims, `use`, and revocation.
+    /// An RTC token lacks `rec` and `use`, so it is refused here.
+    pub async fn verify_upload(&self, token: &str) -> Result<UploadClaims, TokenError> {
+        let claims: UploadClaims = self.keys.verify(token)?;
+        if claims.usage != UPLOAD_USE {
+            return Err(TokenError::Invalid("not an upload token".into()));
+        }
+        self.refuse_revoked(&claims.jti).await?;
+        Ok(claims)
+    }
+
+    async fn refuse_revoked(&self, jti: &str) -> Result<(), TokenError> {
+        let jti = Id::parse(jti).map_err(|_| TokenError::Invalid("bad jti".into()))?;
         if self
             .store
             .get(&keys::revoked_token(jti.as_str()))
@@ -158,7 +190,7 @@ impl TokenService {
         {
             return Err(TokenError::Invalid("token revoked".into()));
         }
-        Ok(claims)
+        Ok(())
     }
 }
 

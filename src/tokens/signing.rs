@@ -18,7 +18,7 @@ use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-use super::{Claims, TokenError};
+use super::TokenError;
 use crate::config::{TokenSettings, DEVELOPMENT_SECRET};
 
 /// A key configuration that cannot be used; stops start-up (exit 2).
@@ -116,7 +116,7 @@ impl SigningKeys {
     }
 
     /// Signs claims with the active key.
-    pub fn sign(&self, claims: &Claims) -> Result<String, TokenError> {
+    pub fn sign<C: serde::Serialize>(&self, claims: &C) -> Result<String, TokenError> {
         let mut header = Header::new(self.algorithm);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.encoding)
@@ -124,8 +124,9 @@ impl SigningKeys {
     }
 
     /// Checks signature, algorithm, `kid`, `exp`/`nbf` (with leeway), `iss`
-    /// and `aud`, and returns the claims.
-    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+    /// and `aud`, and returns the claims as `C` (every field `C` requires
+    /// must be present, so one kind of token never passes for another).
+    pub fn verify<C: serde::de::DeserializeOwned>(&self, token: &str) -> Result<C, TokenError> {
         let invalid = |reason: &str| TokenError::Invalid(reason.to_string());
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
         if header.alg != self.algorithm {
@@ -136,7 +137,7 @@ impl SigningKeys {
             .decoding
             .get(&kid)
             .ok_or_else(|| invalid("unknown signing key (kid)"))?;
-        jsonwebtoken::decode::<Claims>(token, key, &self.validation)
+        jsonwebtoken::decode::<C>(token, key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| {
                 use jsonwebtoken::errors::ErrorKind;

@@ -33,7 +33,7 @@ async fn health_reports_memory_storage() {
     assert!(s["since"].as_u64().is_some());
     assert_eq!(
         s["migrated"],
-        json!({"tokens": 0, "sessions": 0, "revocations": 0, "counters": 0, "replay_ms": 0})
+        json!({"tokens": 0, "sessions": 0, "revocations": 0, "counters": 0, "recordings": 0, "replay_ms": 0})
     );
 }
 

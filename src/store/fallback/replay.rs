@@ -79,7 +79,7 @@ impl Inner {
         };
         match key.kind() {
             KeyKind::Counter => self.replay_counter(key, &value, remaining).await,
-            KeyKind::Token | KeyKind::Session | KeyKind::Revocation => {
+            KeyKind::Token | KeyKind::Session | KeyKind::Revocation | KeyKind::Recording => {
                 self.replay_record(key, &value, remaining).await
             }
         }
