@@ -72,6 +72,16 @@ impl ApiError {
         move |source| Self::InvalidId { field, source }
     }
 
+    /// The contract's code, e.g. for an error frame on a WebSocket.
+    pub fn code(&self) -> &'static str {
+        self.code_and_status().0
+    }
+
+    /// What a client is told about this error (as in an HTTP answer).
+    pub fn detail(&self) -> String {
+        self.public_detail(self.code_and_status().1)
+    }
+
     /// The contract's error code and status.
     fn code_and_status(&self) -> (&'static str, StatusCode) {
         use SessionError as S;

@@ -9,7 +9,8 @@
 //! `health` (lifecycle), `telemetry` (logs, request spans), `overload` (load
 //! shedding), `shutdown`, `rooms` (WebSocket rooms and their bus between
 //! instances), `recording` (chunk uploads, indices, merges, downloads),
-//! `origins` (the allowed browser origins).
+//! `pubsub` (the Redis subscriber the wings share), `origins` (the allowed
+//! browser origins).
 
 pub mod auth;
 pub mod clock;
@@ -21,6 +22,7 @@ pub mod health;
 pub mod migration;
 pub mod origins;
 pub mod overload;
+pub mod pubsub;
 pub mod recording;
 pub mod rooms;
 pub mod routes;

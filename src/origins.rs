@@ -36,6 +36,20 @@ impl AllowedOrigins {
             }
         }
     }
+
+    /// The check of a WebSocket handshake: its `Origin` header (one that is
+    /// not text counts as not allowed).
+    pub fn check(&self, req: &actix_web::HttpRequest) -> Result<(), crate::error::ApiError> {
+        let origin = req
+            .headers()
+            .get(actix_web::http::header::ORIGIN)
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        if self.allows(origin) {
+            Ok(())
+        } else {
+            Err(crate::error::ApiError::OriginForbidden)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::health::Lifecycle;
 use crate::migration::DomainReconcile;
 use crate::origins::AllowedOrigins;
 use crate::overload::{self, InflightLimit};
+use crate::pubsub::PubSub;
 use crate::recording::Recordings;
 use crate::rooms::Rooms;
 use crate::routes;
@@ -64,6 +65,7 @@ pub struct Application {
     port: u16,
     server: Server,
     state: AppState,
+    pubsub: Option<PubSub>,
 }
 
 impl Application {
@@ -89,11 +91,13 @@ impl Application {
             warnings.push("weak_token_secret");
         }
         let (store, redis) = build_store(&settings).await?;
+        // One subscriber per instance, shared by rooms and recordings.
+        let pubsub = redis.clone().map(PubSub::start);
         let rooms = Rooms::start(
             &settings.rooms,
             settings.limits.json_max_depth,
             settings.storage.fallback,
-            redis,
+            redis.zip(pubsub.clone()),
             &settings.server.server_id,
         );
 
@@ -113,12 +117,17 @@ impl Application {
             reason: e.to_string(),
         })?;
         let tokens = TokenService::new(keys, store.clone(), &settings.tokens);
-        let recordings = Recordings::start(&settings.recordings, store.clone(), tokens.clone())
-            .await
-            .map_err(|source| StartupError::Recordings {
-                path: settings.recordings.chunk_path().display().to_string(),
-                source,
-            })?;
+        let recordings = Recordings::start(
+            &settings.recordings,
+            store.clone(),
+            tokens.clone(),
+            pubsub.clone(),
+        )
+        .await
+        .map_err(|source| StartupError::Recordings {
+            path: settings.recordings.chunk_path().display().to_string(),
+            source,
+        })?;
         if recordings.available().is_err() {
             warnings.push("merge_unavailable");
         }
@@ -162,6 +171,7 @@ impl Application {
             port,
             server,
             state,
+            pubsub,
         })
     }
 
@@ -193,10 +203,14 @@ impl Application {
                 // WebSockets would hold the graceful stop until its timeout:
                 // close them (1001) first.
                 self.state.rooms.shutdown();
+                self.state.recordings.shutdown();
                 handle.stop(true).await;
             }
         }
         let result = server.await.map_err(std::io::Error::other)?;
+        if let Some(pubsub) = &self.pubsub {
+            pubsub.shutdown();
+        }
         let pending = self.state.store.status().pending_replay.unwrap_or(0);
         if pending > 0 {
             tracing::warn!(

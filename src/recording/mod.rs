@@ -9,7 +9,7 @@
 //! backwards), `upload` (one chunk on its way in, with the lease a stop
 //! waits for), `merger` (ffmpeg/ffprobe as child processes), `job` (the
 //! background merge), `events` (progress and results for the recording's
-//! WebSocket) and `service` (the [`Recordings`] handle the routes use).
+//! WebSocket), `socket` (that WebSocket: chunks in, events out) and `service` (the [`Recordings`] handle the routes use).
 //! Recordings reach the rest of the broker only through the [`Store`] and
 //! [`TokenService`] handles.
 //!
@@ -22,12 +22,14 @@ mod job;
 pub mod merger;
 mod record;
 mod service;
+mod socket;
 pub mod storage;
 mod upload;
 
 pub use events::RecordingEvent;
 pub use record::{Record, RecordState};
 pub use service::{RecordingStats, Recordings, Started, Status};
+pub use socket::run as run_socket;
 pub use upload::Upload;
 
 use crate::store::StoreError;

@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 
 use super::allocator::Allocator;
-use super::events::{EventBus, LocalEvents, RecordingEvent};
+use super::events::{EventBus, LocalEvents, RedisEvents, Subscription};
 use super::merger::Merger;
 use super::record::{Record, RecordState};
 use super::storage::local::LocalDir;
@@ -24,6 +24,7 @@ use super::RecordingError;
 use crate::clock::unix_now_ms;
 use crate::config::RecordingsSettings;
 use crate::domain::Id;
+use crate::pubsub::PubSub;
 use crate::store::{keys, Store};
 use crate::tokens::TokenService;
 
@@ -80,6 +81,7 @@ pub(super) struct Inner {
     pub events: Arc<dyn EventBus>,
     pub allocator: Allocator,
     cache: Mutex<HashMap<Id, Record>>,
+    shutdown: broadcast::Sender<()>,
     chunks_stored: AtomicU64,
     bytes_stored: AtomicU64,
     pub merges_ready: AtomicU64,
@@ -99,6 +101,7 @@ impl Recordings {
         settings: &RecordingsSettings,
         store: Arc<dyn Store>,
         tokens: TokenService,
+        pubsub: Option<PubSub>,
     ) -> std::io::Result<Self> {
         let chunk_root = settings.chunk_path();
         let chunks: Arc<dyn ObjectStore> = Arc::new(LocalDir::open(&chunk_root)?);
@@ -133,9 +136,13 @@ impl Recordings {
             settings: settings.clone(),
             incoming,
             work,
-            events: Arc::new(LocalEvents::default()),
+            events: match pubsub {
+                Some(pubsub) => Arc::new(RedisEvents::new(pubsub)),
+                None => Arc::new(LocalEvents::default()),
+            },
             allocator,
             cache: Mutex::new(HashMap::new()),
+            shutdown: broadcast::channel(1).0,
             chunks_stored: AtomicU64::new(0),
             bytes_stored: AtomicU64::new(0),
             merges_ready: AtomicU64::new(0),
@@ -271,13 +278,26 @@ impl Recordings {
     }
 
     /// The recording's events from now on (for its WebSocket).
-    pub fn events(&self, record: &Id) -> broadcast::Receiver<RecordingEvent> {
+    pub fn events(&self, record: &Id) -> Subscription {
         self.inner.events.subscribe(record)
     }
 
     /// Fails with `NotFound` (or `OnlyInRedis` in an outage) for an unknown recording.
     pub async fn ensure_exists(&self, record: &Id) -> Result<Record, RecordingError> {
         Ok(self.inner.read(record).await?.1)
+    }
+
+    /// Closes the recording sockets (1001); merges already running finish.
+    pub fn shutdown(&self) {
+        let _ = self.inner.shutdown.send(());
+    }
+
+    pub(super) fn shutdown_signal(&self) -> broadcast::Receiver<()> {
+        self.inner.shutdown.subscribe()
+    }
+
+    pub(super) fn max_chunk_bytes(&self) -> usize {
+        self.inner.settings.max_chunk_bytes
     }
 
     pub fn stats(&self) -> RecordingStats {

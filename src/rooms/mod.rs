@@ -35,6 +35,7 @@ use self::hub::{Hub, Registry};
 use self::outbox::{Outbox, OutboxParts};
 use crate::config::RoomsSettings;
 use crate::domain::Id;
+use crate::pubsub::PubSub;
 use crate::store::{RedisStore, StoreResult};
 
 /// Counts for health and the README's operations section.
@@ -69,24 +70,25 @@ pub struct Rooms {
 
 impl Rooms {
     /// Starts the rooms on the current Tokio runtime: over Redis when a
-    /// store is given (single, cluster or sentinel, following its master),
-    /// in memory otherwise. `fallback`: buffer publishes Redis cannot take.
+    /// store and the instance's pub/sub are given (single, cluster or
+    /// sentinel, following its master), in memory otherwise. `fallback`:
+    /// buffer publishes Redis cannot take.
     pub fn start(
         settings: &RoomsSettings,
         json_max_depth: usize,
         fallback: bool,
-        redis: Option<RedisStore>,
+        redis: Option<(RedisStore, PubSub)>,
         server_id: &str,
     ) -> Self {
         let registry = Arc::new(Registry::default());
         let (shutdown, _) = broadcast::channel(1);
         let bus: Arc<dyn Bus> = match redis {
-            Some(store) => Arc::new(bus::redis::RedisBus::start(
+            Some((store, pubsub)) => Arc::new(bus::redis::RedisBus::start(
                 store,
+                pubsub,
                 registry.clone(),
                 settings,
                 server_id,
-                shutdown.subscribe(),
             )),
             None => Arc::new(bus::memory::MemoryBus::new(
                 registry.clone(),

@@ -15,7 +15,8 @@ use crate::auth::{ApiKeys, Management};
 use crate::domain::Id;
 use crate::error::ApiError;
 use crate::extract::OptionalJsonBody;
-use crate::recording::RecordingError;
+use crate::origins::AllowedOrigins;
+use crate::recording::{run_socket, RecordingError};
 use crate::state::AppState;
 
 /// How much of a refused chunk is still read so the client sees the answer.
@@ -26,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/api/recordings/{id}/chunks").route(web::post().to(chunk)))
         .service(web::resource("/api/recordings/{id}/stop").route(web::post().to(stop)))
         .service(web::resource("/api/recordings/{id}/status").route(web::get().to(status)))
+        .service(web::resource("/ws/recordings/{id}").route(web::get().to(socket)))
         .service(
             web::resource("/recordings/download/{key}")
                 .route(web::get().to(download))
@@ -138,6 +140,38 @@ async fn drain(body: &mut web::Payload) {
             break;
         }
     }
+}
+
+#[derive(Deserialize)]
+struct SocketQuery {
+    token: Option<String>,
+}
+
+/// The recording's WebSocket; every check before the upgrade.
+async fn socket(
+    req: HttpRequest,
+    body: web::Payload,
+    state: web::Data<AppState>,
+    origins: web::Data<AllowedOrigins>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let record = path_id("id", &path)?;
+    origins.check(&req)?;
+    state.recordings.available()?;
+    let query = web::Query::<SocketQuery>::from_query(req.query_string())
+        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?;
+    let token = query.token.as_deref().filter(|t| !t.is_empty());
+    authorize(&req, &state, &record, token).await?;
+    state.recordings.ensure_exists(&record).await?;
+    let (response, session, stream) = actix_ws::handle(&req, body)
+        .map_err(|e| ApiError::InvalidRequest(format!("not a WebSocket upgrade: {e}")))?;
+    actix_web::rt::spawn(run_socket(
+        state.recordings.clone(),
+        session,
+        stream,
+        record,
+    ));
+    Ok(response)
 }
 
 async fn stop(

@@ -76,13 +76,7 @@ async fn upgrade(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let room = path_id("room", &path)?;
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .map(|v| v.to_str().unwrap_or("\u{0}"));
-    if !origins.allows(origin) {
-        return Err(ApiError::OriginForbidden);
-    }
+    origins.check(&req)?;
     let query = web::Query::<UpgradeQuery>::from_query(req.query_string())
         .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?
         .into_inner();

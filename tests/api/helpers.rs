@@ -15,7 +15,7 @@ pub enum Backend {
 }
 
 impl Backend {
-    fn env(self) -> Vec<(String, String)> {
+    pub fn env(self) -> Vec<(String, String)> {
         let pairs: Vec<(&str, String)> = match self {
             Backend::Memory => vec![],
             Backend::Single => vec![("REDIS_URL", harness::shared_single().url())],
@@ -46,12 +46,22 @@ pub async fn spawn_app(backend: Backend) -> TestApp {
 
 /// The app with extra environment settings (legacy or `BROKER__` names).
 pub async fn spawn_app_with(backend: Backend, extra: &[(&str, &str)]) -> TestApp {
+    spawn_app_on(backend, backend.env(), extra).await
+}
+
+/// The app on a Redis topology of the test's own (`redis_env` says where;
+/// `backend` names its kind), with extra settings.
+pub async fn spawn_app_on(
+    backend: Backend,
+    redis_env: Vec<(String, String)>,
+    extra: &[(&str, &str)],
+) -> TestApp {
     let prefix = format!("t{}:", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let mut env = harness::broker_env(&[
         ("BROKER__STORAGE__SWEEP_INTERVAL_MS", "100".into()),
         ("REDIS_KEY_PREFIX", prefix.clone()),
     ]);
-    env.extend(backend.env());
+    env.extend(redis_env);
     env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     start(backend, prefix, env).await
 }

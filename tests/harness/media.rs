@@ -227,3 +227,37 @@ fn next_after_size(bytes: &[u8], at: usize) -> Option<u8> {
     }
     bytes.get(at + len).copied()
 }
+
+/// The title a [`tagged_webm`] carries, where [`retag`] writes a number.
+const TAG: &[u8] = b"chunk-000000";
+
+/// One short independent WebM whose title is [`TAG`], without CRC-32
+/// elements, so [`retag`] can make any number of distinct, valid copies.
+pub fn tagged_webm(dir: &Path, seconds: f64) -> Vec<u8> {
+    let out = dir.join("tagged.webm");
+    let title = format!("title={}", String::from_utf8_lossy(TAG));
+    encode(
+        seconds,
+        &["-metadata", &title, "-write_crc32", "0", "-g", "15"],
+        &out,
+    );
+    let bytes = std::fs::read(&out).expect("tagged file");
+    assert!(
+        bytes.windows(TAG.len()).any(|w| w == TAG),
+        "the title is stored in the file"
+    );
+    bytes
+}
+
+/// A copy of a [`tagged_webm`] with `n` in its title: same size, still a
+/// valid WebM, bytes no other copy has.
+pub fn retag(template: &[u8], n: u64) -> Vec<u8> {
+    let mut bytes = template.to_vec();
+    let at = bytes
+        .windows(TAG.len())
+        .position(|w| w == TAG)
+        .expect("a tagged template");
+    let number = format!("chunk-{:06}", n % 1_000_000);
+    bytes[at..at + TAG.len()].copy_from_slice(number.as_bytes());
+    bytes
+}

@@ -17,6 +17,15 @@ pub struct RecApp {
 }
 
 pub async fn rec_app(backend: Backend, extra: &[(&str, &str)]) -> RecApp {
+    rec_app_on(backend, None, extra).await
+}
+
+/// The app on a topology of the test's own when `redis_env` is given.
+pub async fn rec_app_on(
+    backend: Backend,
+    redis_env: Option<Vec<(String, String)>>,
+    extra: &[(&str, &str)],
+) -> RecApp {
     let dirs = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
     let chunks = dirs.path().join("chunks").display().to_string();
     let outputs = dirs.path().join("out").display().to_string();
@@ -26,8 +35,9 @@ pub async fn rec_app(backend: Backend, extra: &[(&str, &str)]) -> RecApp {
         ("API_KEYS", API_KEY),
     ];
     env.extend_from_slice(extra);
+    let redis_env = redis_env.unwrap_or_else(|| backend.env());
     RecApp {
-        app: helpers::spawn_app_with(backend, &env).await,
+        app: helpers::spawn_app_on(backend, redis_env, &env).await,
         dirs,
     }
 }

@@ -16,3 +16,4 @@ mod client;
 mod errors;
 mod flow;
 mod indices;
+mod socket;

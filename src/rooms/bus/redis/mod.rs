@@ -2,10 +2,10 @@
 //!
 //! Commands (publish script, history, presence) go through the
 //! [`RedisStore`]'s connection, so they get its deadline, retries and
-//! master following. Live delivery uses one dedicated subscriber per
-//! instance (see `subscriber`), subscribed to exactly the rooms with local
-//! members: plain pub/sub on a single node or behind Sentinel, sharded
-//! pub/sub (`SPUBLISH`/`SSUBSCRIBE`) in a Cluster.
+//! master following. Live delivery uses the instance's subscriber (see
+//! `crate::pubsub`), subscribed to exactly the rooms with local members:
+//! plain pub/sub on a single node or behind Sentinel, sharded pub/sub
+//! (`SPUBLISH`/`SSUBSCRIBE`) in a Cluster.
 //!
 //! Keys of a room share one hash slot (`room:{<room>}:...`): `meta` (epoch,
 //! last id, the master's replication id), `history` (a stream whose entry
@@ -13,10 +13,7 @@
 //! presence keys, `origins` (recent publish ids, for idempotent retries)
 //! and the `events` channel.
 
-mod link;
-mod resp;
 mod scripts;
-mod subscriber;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,15 +22,14 @@ use async_trait::async_trait;
 use redis::Value;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tokio::sync::broadcast;
 
 use self::scripts::Scripts;
-use self::subscriber::Subscriber;
 use super::memory::new_epoch;
-use super::{Bus, Delivery, Inbox, Outgoing, Position, PresenceChanges};
+use super::{Bus, BusEvent, Delivery, Inbox, Outgoing, Position, PresenceChanges};
 use crate::clock::unix_now_ms;
-use crate::config::{RedisMode, RoomsSettings};
+use crate::config::RoomsSettings;
 use crate::domain::Id;
+use crate::pubsub::{PubSub, Sink};
 use crate::rooms::protocol::PresenceKind;
 use crate::store::{RedisStore, StoreError, StoreResult};
 
@@ -65,7 +61,7 @@ pub struct Names {
 
 impl Names {
     fn room(&self, room: &Id) -> RoomKeys {
-        let base = format!("{}room:{{{}}}:", self.prefix, room.as_str());
+        let base = format!("{}{ROOM_CHANNELS}{}}}:", self.prefix, room.as_str());
         RoomKeys {
             meta: format!("{base}meta"),
             history: format!("{base}history"),
@@ -80,7 +76,7 @@ impl Names {
     /// The room a channel belongs to.
     fn room_of(&self, channel: &[u8]) -> Option<Id> {
         let rest = channel.strip_prefix(self.prefix.as_bytes())?;
-        let rest = rest.strip_prefix(b"room:{")?;
+        let rest = rest.strip_prefix(ROOM_CHANNELS.as_bytes())?;
         let rest = rest.strip_suffix(b"}:events")?;
         Id::parse(std::str::from_utf8(rest).ok()?).ok()
     }
@@ -129,12 +125,44 @@ fn decode(payload: &[u8]) -> Option<Decoded> {
     Some(Decoded::Message(delivery, wire.t.unwrap_or(0)))
 }
 
+/// How every room channel begins (after the key prefix).
+const ROOM_CHANNELS: &str = "room:{";
+
+/// Turns room channel messages into bus events for the rooms' inbox.
+struct RoomSink {
+    names: Names,
+    inbox: Arc<dyn Inbox>,
+}
+
+impl Sink for RoomSink {
+    fn message(&self, channel: &[u8], payload: &[u8]) {
+        let Some(room) = self.names.room_of(channel) else {
+            return;
+        };
+        match decode(payload) {
+            Some(Decoded::Message(delivery, _)) => {
+                self.inbox.deliver(&room, BusEvent::Message(delivery))
+            }
+            Some(Decoded::Presence(kind, member)) => {
+                self.inbox.deliver(&room, BusEvent::Presence(kind, member))
+            }
+            None => tracing::warn!(room = %room, "undecodable message on a room channel; ignored"),
+        }
+    }
+
+    fn subscribed(&self, channel: &str) {
+        if let Some(room) = self.names.room_of(channel.as_bytes()) {
+            self.inbox.deliver(&room, BusEvent::Resync);
+        }
+    }
+}
+
 /// [`Bus`] over Redis; see the module doc.
 pub struct RedisBus {
     store: RedisStore,
     scripts: Arc<Scripts>,
     names: Names,
-    subscriber: Subscriber,
+    pubsub: PubSub,
     server_id: String,
     publish_cmd: &'static str,
     history_size: usize,
@@ -143,26 +171,31 @@ pub struct RedisBus {
 }
 
 impl RedisBus {
-    /// Starts the subscriber task; it follows the store's master.
+    /// Routes the room channels of the instance's pub/sub to `inbox`.
     pub fn start(
         store: RedisStore,
+        pubsub: PubSub,
         inbox: Arc<dyn Inbox>,
         settings: &RoomsSettings,
         server_id: &str,
-        shutdown: broadcast::Receiver<()>,
     ) -> Self {
         let names = Names {
             prefix: store.settings().key_prefix.clone(),
         };
-        let sharded = store.settings().mode == RedisMode::Cluster;
-        let subscriber = Subscriber::start(store.clone(), names.clone(), inbox, sharded, shutdown);
+        pubsub.route(
+            ROOM_CHANNELS,
+            Arc::new(RoomSink {
+                names: names.clone(),
+                inbox,
+            }),
+        );
         Self {
             store,
             scripts: Arc::new(Scripts::new()),
             names,
-            subscriber,
+            publish_cmd: pubsub.publish_cmd(),
+            pubsub,
             server_id: server_id.replace('\n', " "),
-            publish_cmd: if sharded { "SPUBLISH" } else { "PUBLISH" },
             history_size: settings.history_size,
             history_ttl: settings.history_ttl(),
             presence_ttl: settings.presence_ttl(),
@@ -319,11 +352,11 @@ impl Bus for RedisBus {
     }
 
     async fn subscribe(&self, room: &Id) {
-        self.subscriber.want(room, true).await;
+        self.pubsub.want(self.names.room(room).channel, true).await;
     }
 
     async fn unsubscribe(&self, room: &Id) {
-        self.subscriber.want(room, false).await;
+        self.pubsub.want(self.names.room(room).channel, false).await;
     }
 
     async fn announce(&self, room: &Id, kind: PresenceKind, member: &str) -> StoreResult<()> {

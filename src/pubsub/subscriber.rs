@@ -1,6 +1,7 @@
-//! The instance's dedicated subscriber: subscribed to exactly the rooms
-//! with local members, following the deployment through failovers by
-//! itself.
+//! The instance's dedicated subscriber: subscribed to exactly the channels
+//! the wings ask for (a room's while it has local members, a recording's
+//! while a socket of it is here), following the deployment through
+//! failovers by itself.
 //!
 //! A manager task owns the wanted channels and one link (a TCP connection
 //! in subscribe mode) per node it needs: the single node, the Sentinel
@@ -10,8 +11,8 @@
 //! PING probe, gets `MOVED`, or is told `SUNSUBSCRIBE` by the server (slot
 //! moved) gives its channels back; the manager re-resolves (the store's
 //! current master, `CLUSTER SLOTS`) and subscribes them again with capped
-//! backoff. Each confirmed subscription sends the room a `Resync`, and the
-//! room reads from history what pub/sub dropped meanwhile.
+//! backoff. Each confirmed subscription is reported to its sink (a room
+//! then reads from history what pub/sub dropped meanwhile).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,10 +22,8 @@ use redis::{ConnectionAddr, Value};
 use tokio::sync::{broadcast, mpsc};
 
 use super::link::{Link, LinkCmd, LinkEvent, LINK_QUEUE};
-use super::Names;
+use super::Sink;
 use crate::config::{HostPort, RedisMode};
-use crate::domain::Id;
-use crate::rooms::bus::{BusEvent, Inbox};
 use crate::store::RedisStore;
 
 /// How often the manager checks the master and retries placements.
@@ -32,8 +31,8 @@ const TICK: Duration = Duration::from_millis(100);
 const WANT_QUEUE: usize = 1024;
 
 enum Want {
-    Subscribe(Id),
-    Unsubscribe(Id),
+    Subscribe(String),
+    Unsubscribe(String),
 }
 
 /// Handle to the manager task.
@@ -44,8 +43,7 @@ pub struct Subscriber {
 impl Subscriber {
     pub fn start(
         store: RedisStore,
-        names: Names,
-        inbox: Arc<dyn Inbox>,
+        sink: Arc<dyn Sink>,
         sharded: bool,
         shutdown: broadcast::Receiver<()>,
     ) -> Self {
@@ -53,8 +51,7 @@ impl Subscriber {
         let (events_tx, events) = mpsc::channel(LINK_QUEUE);
         let manager = Manager {
             store,
-            names,
-            inbox,
+            sink,
             sharded,
             wanted: HashMap::new(),
             placed: HashMap::new(),
@@ -70,12 +67,12 @@ impl Subscriber {
         Self { wants }
     }
 
-    /// Asks for (`true`) or drops (`false`) the room's channel.
-    pub async fn want(&self, room: &Id, subscribed: bool) {
+    /// Asks for (`true`) or drops (`false`) one subscription to `channel`.
+    pub async fn want(&self, channel: String, subscribed: bool) {
         let want = if subscribed {
-            Want::Subscribe(room.clone())
+            Want::Subscribe(channel)
         } else {
-            Want::Unsubscribe(room.clone())
+            Want::Unsubscribe(channel)
         };
         let _ = self.wants.send(want).await;
     }
@@ -83,12 +80,10 @@ impl Subscriber {
 
 struct Manager {
     store: RedisStore,
-    names: Names,
-    inbox: Arc<dyn Inbox>,
+    sink: Arc<dyn Sink>,
     sharded: bool,
-    /// Channel -> (room, subscriptions asked for it), for every room with
-    /// local members.
-    wanted: HashMap<String, (Id, usize)>,
+    /// Channel -> subscriptions asked for it.
+    wanted: HashMap<String, usize>,
     /// Channel -> the link it was sent to.
     placed: HashMap<String, HostPort>,
     /// Node -> (link id, its command queue).
@@ -118,15 +113,13 @@ impl Manager {
             tokio::select! {
                 _ = shutdown.recv() => return,
                 want = wants.recv() => match want {
-                    Some(Want::Subscribe(room)) => {
-                        let channel = self.names.room(&room).channel;
-                        self.wanted.entry(channel).or_insert((room, 0)).1 += 1;
+                    Some(Want::Subscribe(channel)) => {
+                        *self.wanted.entry(channel).or_insert(0) += 1;
                     }
-                    Some(Want::Unsubscribe(room)) => {
+                    Some(Want::Unsubscribe(channel)) => {
                         // Counted: a retiring room task's unsubscribe may
                         // come after its successor's subscribe.
-                        let channel = self.names.room(&room).channel;
-                        let Some((_, count)) = self.wanted.get_mut(&channel) else {
+                        let Some(count) = self.wanted.get_mut(&channel) else {
                             continue;
                         };
                         *count -= 1;
@@ -153,12 +146,12 @@ impl Manager {
         match event {
             LinkEvent::Subscribed(channel) => {
                 self.backoff = Duration::from_millis(50);
-                if let Some((room, _)) = self.wanted.get(&channel) {
-                    self.inbox.deliver(room, BusEvent::Resync);
+                if self.wanted.contains_key(&channel) {
+                    self.sink.subscribed(&channel);
                 }
             }
             LinkEvent::Lost(node, channel) => {
-                tracing::warn!(%node, channel, "room subscription dropped by the server; resubscribing");
+                tracing::warn!(%node, channel, "subscription dropped by the server; resubscribing");
                 if self.placed.get(&channel) == Some(&node) {
                     self.placed.remove(&channel);
                 }
@@ -173,7 +166,7 @@ impl Manager {
                     self.links.remove(&node);
                     let had = self.placed.values().filter(|n| **n == node).count();
                     if had > 0 {
-                        tracing::warn!(%node, reason, rooms = had, "room subscriber connection lost; resubscribing");
+                        tracing::warn!(%node, reason, channels = had, "subscriber connection lost; resubscribing");
                     }
                 }
                 self.placed.retain(|_, n| *n != node);
@@ -205,7 +198,7 @@ impl Manager {
             .cloned()
             .collect();
         for node in stale {
-            tracing::warn!(old = %node, new = %master, "Redis master changed: moving room subscriptions");
+            tracing::warn!(old = %node, new = %master, "Redis master changed: moving subscriptions");
             self.links.remove(&node);
             self.placed.retain(|_, n| *n != node);
         }
@@ -223,7 +216,7 @@ impl Manager {
             if let Some(since) = self.unplaced_since.take() {
                 tracing::info!(
                     after_ms = since.elapsed().as_millis() as u64,
-                    "room subscriptions restored"
+                    "subscriptions restored"
                 );
             }
             return;
@@ -298,8 +291,7 @@ impl Manager {
             password: info.redis_settings().password().map(str::to_string),
             connect_timeout: self.store.settings().connect_timeout(),
             sharded: self.sharded,
-            names: self.names.clone(),
-            inbox: self.inbox.clone(),
+            sink: self.sink.clone(),
             events: self.events_tx.clone(),
         };
         tokio::spawn(link.run(rx));

@@ -1,7 +1,7 @@
 //! One subscriber link: a TCP connection in subscribe mode to one node.
 //!
 //! It authenticates, sends the manager's (un)subscribe commands one channel
-//! at a time, hands messages straight to their room (reader task) and
+//! at a time, hands messages straight to their sink (reader task) and
 //! everything else back in command order, probes a silent connection with
 //! PING, and reports a subscription the server dropped (`MOVED`, an
 //! unrequested `SUNSUBSCRIBE`) or its own end to the manager.
@@ -15,9 +15,8 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use super::resp::{self, Reply};
-use super::{decode, Decoded, Names};
+use super::Sink;
 use crate::config::HostPort;
-use crate::rooms::bus::{BusEvent, Inbox};
 
 /// A silent link is probed this often...
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -47,8 +46,7 @@ pub struct Link {
     pub password: Option<String>,
     pub connect_timeout: Duration,
     pub sharded: bool,
-    pub names: Names,
-    pub inbox: Arc<dyn Inbox>,
+    pub sink: Arc<dyn Sink>,
     pub events: mpsc::Sender<LinkEvent>,
 }
 
@@ -102,12 +100,7 @@ impl Link {
         }
         // Replies other than messages come back here, in command order.
         let (control_tx, mut control) = mpsc::channel::<Reply>(LINK_QUEUE);
-        let reader = tokio::spawn(read_loop(
-            read,
-            self.names.clone(),
-            self.inbox.clone(),
-            control_tx,
-        ));
+        let reader = tokio::spawn(read_loop(read, self.sink.clone(), control_tx));
         let _abort = AbortOnDrop(reader);
         let (sub, unsub) = if self.sharded {
             ("SSUBSCRIBE", "SUNSUBSCRIBE")
@@ -231,25 +224,26 @@ async fn write_cmd(
         .map_err(|e| e.to_string())
 }
 
-/// Reads replies: messages go straight to their room, the rest to the link.
+/// Reads replies: messages go straight to their sink, the rest to the link.
 async fn read_loop(
     mut read: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    names: Names,
-    inbox: Arc<dyn Inbox>,
+    sink: Arc<dyn Sink>,
     control: mpsc::Sender<Reply>,
 ) {
     loop {
         let reply = match resp::read(&mut read).await {
             Ok(reply) => reply,
             Err(e) => {
-                tracing::debug!(error = %e, "room subscriber read ended");
+                tracing::debug!(error = %e, "subscriber read ended");
                 return;
             }
         };
         if let Reply::Array(Some(items)) = &reply {
             if let [kind, channel, Reply::Bulk(Some(payload))] = items.as_slice() {
                 if matches!(kind.text(), Some("message" | "smessage")) {
-                    deliver(&names, inbox.as_ref(), channel, payload);
+                    if let Some(channel) = channel.bytes() {
+                        sink.message(channel, payload);
+                    }
                     continue;
                 }
             }
@@ -257,18 +251,5 @@ async fn read_loop(
         if control.send(reply).await.is_err() {
             return;
         }
-    }
-}
-
-fn deliver(names: &Names, inbox: &dyn Inbox, channel: &Reply, payload: &[u8]) {
-    let Some(room) = channel.text().and_then(|c| names.room_of(c.as_bytes())) else {
-        return;
-    };
-    match decode(payload) {
-        Some(Decoded::Message(delivery, _)) => inbox.deliver(&room, BusEvent::Message(delivery)),
-        Some(Decoded::Presence(kind, member)) => {
-            inbox.deliver(&room, BusEvent::Presence(kind, member))
-        }
-        None => tracing::warn!(room = %room, "undecodable message on a room channel; ignored"),
     }
 }

@@ -32,6 +32,14 @@ impl Reply {
             _ => None,
         }
     }
+
+    /// A bulk string's bytes.
+    pub fn bytes(&self) -> Option<&[u8]> {
+        match self {
+            Self::Bulk(Some(b)) => Some(b),
+            _ => None,
+        }
+    }
 }
 
 fn bad(what: impl Into<String>) -> std::io::Error {
