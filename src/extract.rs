@@ -46,18 +46,9 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limits = req.app_data::<JsonLimits>().copied().unwrap_or_default();
-        let is_json = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(is_json_content_type);
-        let mut payload = payload.take();
+        let body = read_body(req, payload);
         Box::pin(async move {
-            let body = read_limited(&mut payload, limits.max_bytes).await?;
-            if !is_json {
-                return Err(ApiError::UnsupportedMediaType);
-            }
+            let (body, limits) = body.await?.require_json()?;
             parse_json(&body, limits).map(JsonBody)
         })
     }
@@ -73,22 +64,53 @@ impl<T: DeserializeOwned + 'static> FromRequest for OptionalJsonBody<T> {
     type Future = Pin<Box<dyn Future<Output = Result<Self, ApiError>>>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let limits = req.app_data::<JsonLimits>().copied().unwrap_or_default();
-        let is_json = req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(is_json_content_type);
-        let mut payload = payload.take();
+        let body = read_body(req, payload);
         Box::pin(async move {
-            let body = read_limited(&mut payload, limits.max_bytes).await?;
-            if body.iter().all(u8::is_ascii_whitespace) {
+            let read = body.await?;
+            if read.body.iter().all(u8::is_ascii_whitespace) {
                 return Ok(Self(None));
             }
-            if !is_json {
-                return Err(ApiError::UnsupportedMediaType);
-            }
+            let (body, limits) = read.require_json()?;
             parse_json(&body, limits).map(|v| Self(Some(v)))
+        })
+    }
+}
+
+/// A body read within the JSON limits, and whether it was declared JSON.
+struct ReadBody {
+    body: Vec<u8>,
+    is_json: bool,
+    limits: JsonLimits,
+}
+
+impl ReadBody {
+    /// The body, or 415 when it was not sent as JSON.
+    fn require_json(self) -> Result<(Vec<u8>, JsonLimits), ApiError> {
+        if !self.is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        Ok((self.body, self.limits))
+    }
+}
+
+/// Reads the body (413 past the limit), noting its content type first.
+fn read_body(
+    req: &HttpRequest,
+    payload: &mut Payload,
+) -> impl Future<Output = Result<ReadBody, ApiError>> + 'static {
+    let limits = req.app_data::<JsonLimits>().copied().unwrap_or_default();
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(is_json_content_type);
+    let mut payload = payload.take();
+    async move {
+        let body = read_limited(&mut payload, limits.max_bytes).await?;
+        Ok(ReadBody {
+            body,
+            is_json,
+            limits,
         })
     }
 }

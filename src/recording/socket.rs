@@ -6,7 +6,7 @@
 //! silence, 1001 when the broker shuts down; a frame over the chunk limit
 //! closes with 1009. Other text gets an error frame and the socket stays.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_ws::{AggregatedMessage, CloseCode, CloseReason, ProtocolError, Session};
 use serde_json::json;
@@ -17,6 +17,7 @@ use super::events::{Heard, Subscription};
 use super::{RecordState, RecordingError, RecordingEvent, Recordings};
 use crate::domain::Id;
 use crate::error::ApiError;
+use crate::heartbeat::{Beat, Heartbeat};
 
 const PING_INTERVAL: Duration = Duration::from_secs(20);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -79,9 +80,7 @@ impl Socket {
         if let Some(end) = self.catch_up().await {
             return end;
         }
-        let mut ping = tokio::time::interval(PING_INTERVAL);
-        ping.reset();
-        let mut last_heard = Instant::now();
+        let mut heartbeat = Heartbeat::new(PING_INTERVAL, IDLE_TIMEOUT);
         loop {
             tokio::select! {
                 biased;
@@ -103,19 +102,19 @@ impl Socket {
                     }
                 }
                 message = stream.recv() => {
-                    last_heard = Instant::now();
+                    heartbeat.heard();
                     if let Some(end) = Box::pin(self.on_client(message)).await {
                         return end;
                     }
                 }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() >= IDLE_TIMEOUT {
-                        return End::Close(CloseCode::Normal, "idle timeout");
+                beat = heartbeat.due() => match beat {
+                    Beat::Idle => return End::Close(CloseCode::Normal, "idle timeout"),
+                    Beat::Ping => {
+                        if self.session.ping(b"").await.is_err() {
+                            return End::Gone;
+                        }
                     }
-                    if self.session.ping(b"").await.is_err() {
-                        return End::Gone;
-                    }
-                }
+                },
             }
         }
     }

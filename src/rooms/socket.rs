@@ -24,6 +24,7 @@ use super::protocol::{render, ClientFrame};
 use super::room::{JoinRequest, Resume};
 use super::Rooms;
 use crate::domain::Id;
+use crate::heartbeat::{Beat, Heartbeat};
 
 /// Who is on the socket and what they may do.
 pub struct SocketParams {
@@ -137,10 +138,10 @@ impl Socket {
     async fn pump(&mut self, stream: &mut actix_ws::AggregatedMessageStream) -> End {
         let overflow = self.overflow.clone();
         let limits = self.rooms.limits();
-        let idle = Duration::from_secs(limits.idle_timeout_seconds);
-        let mut ping = tokio::time::interval(Duration::from_secs(limits.ping_interval_seconds));
-        ping.reset();
-        let mut last_heard = Instant::now();
+        let mut heartbeat = Heartbeat::new(
+            Duration::from_secs(limits.ping_interval_seconds),
+            Duration::from_secs(limits.idle_timeout_seconds),
+        );
         loop {
             tokio::select! {
                 biased;
@@ -152,17 +153,17 @@ impl Socket {
                     }
                 }
                 message = stream.recv() => {
-                    last_heard = Instant::now();
+                    heartbeat.heard();
                     // Boxed: the handling futures are deep, and the loop's
                     // own future lives as long as the (mostly idle) socket.
                     if let Some(end) = Box::pin(self.on_client(message)).await {
                         return end;
                     }
                 }
-                _ = ping.tick() => {
-                    if last_heard.elapsed() >= idle {
+                beat = heartbeat.due() => {
+                    let Beat::Ping = beat else {
                         return End::Close(CloseCode::Normal, "idle timeout");
-                    }
+                    };
                     let Self { session, overflow: o, .. } = self;
                     if let Some(end) = Box::pin(guarded(o, session.ping(b""))).await {
                         return end;

@@ -45,6 +45,14 @@ fn path_id(field: &'static str, raw: &str) -> Result<crate::domain::Id, ApiError
     crate::domain::Id::parse(raw).map_err(ApiError::invalid_id(field))
 }
 
+/// Parses the query string of a request (400 `invalid_request` when it
+/// does not fit `T`).
+fn query<T: serde::de::DeserializeOwned>(req: &actix_web::HttpRequest) -> Result<T, ApiError> {
+    web::Query::<T>::from_query(req.query_string())
+        .map(web::Query::into_inner)
+        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))
+}
+
 /// Checks a free-text field: 1..=max characters, no control characters.
 fn text_field(field: &str, value: String, max: usize) -> Result<String, ApiError> {
     let len = value.chars().count();

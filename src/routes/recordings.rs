@@ -158,8 +158,7 @@ async fn socket(
     let record = path_id("id", &path)?;
     origins.check(&req)?;
     state.recordings.available()?;
-    let query = web::Query::<SocketQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?;
+    let query: SocketQuery = super::query(&req)?;
     let token = query.token.as_deref().filter(|t| !t.is_empty());
     authorize(&req, &state, &record, token).await?;
     state.recordings.ensure_exists(&record).await?;

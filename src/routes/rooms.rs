@@ -77,9 +77,7 @@ async fn upgrade(
 ) -> Result<HttpResponse, ApiError> {
     let room = path_id("room", &path)?;
     origins.check(&req)?;
-    let query = web::Query::<UpgradeQuery>::from_query(req.query_string())
-        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {e}")))?
-        .into_inner();
+    let query: UpgradeQuery = super::query(&req)?;
     let token = presented_token(&req, &query).ok_or_else(|| {
         ApiError::Token(TokenError::Invalid(
             "a token is required (Authorization: Bearer or ?token=)".into(),

@@ -108,15 +108,22 @@ async fn one_stream_cut_anywhere_is_byte_joined_then_remuxed() {
     );
 }
 
+/// Two 2-second streams, each cut into 3 pieces, one after the other (a
+/// MediaRecorder stopped and started again).
+fn restarted_recorder(root: &Path) -> Vec<PathBuf> {
+    let (a, b) = (
+        media::continuous_webm(root, 2.0),
+        media::continuous_webm(root, 2.0),
+    );
+    let mut chunks = write_chunks(root, 0, &media::cut_at_offsets(&a, 3));
+    chunks.extend(write_chunks(root, 3, &media::cut_at_offsets(&b, 3)));
+    chunks
+}
+
 #[tokio::test]
 async fn a_restarted_recorder_gives_one_part_per_stream() {
     let root = tempfile::tempdir().unwrap();
-    let (a, b) = (
-        media::continuous_webm(root.path(), 2.0),
-        media::continuous_webm(root.path(), 2.0),
-    );
-    let mut chunks = write_chunks(root.path(), 0, &media::cut_at_offsets(&a, 3));
-    chunks.extend(write_chunks(root.path(), 3, &media::cut_at_offsets(&b, 3)));
+    let chunks = restarted_recorder(root.path());
     let work = work_dir(root.path());
     let merged = merge(&chunks, &work).await;
     assert_good(&merged, 4.0);
@@ -198,12 +205,7 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 #[tokio::test]
 async fn progress_rises_within_0_to_99() {
     let root = tempfile::tempdir().unwrap();
-    let (a, b) = (
-        media::continuous_webm(root.path(), 2.0),
-        media::continuous_webm(root.path(), 2.0),
-    );
-    let mut chunks = write_chunks(root.path(), 0, &media::cut_at_offsets(&a, 3));
-    chunks.extend(write_chunks(root.path(), 3, &media::cut_at_offsets(&b, 3)));
+    let chunks = restarted_recorder(root.path());
     let work = work_dir(root.path());
     let seen = Mutex::new(Vec::new());
     let report = |p: u8| seen.lock().unwrap().push(p);

@@ -27,6 +27,16 @@ pub async fn rec_app_on(
     extra: &[(&str, &str)],
 ) -> RecApp {
     let dirs = std::sync::Arc::new(tempfile::tempdir().expect("tempdir"));
+    rec_app_in(dirs, backend, redis_env, extra).await
+}
+
+/// An app on existing recording folders (e.g. a restart).
+pub async fn rec_app_in(
+    dirs: std::sync::Arc<tempfile::TempDir>,
+    backend: Backend,
+    redis_env: Option<Vec<(String, String)>>,
+    extra: &[(&str, &str)],
+) -> RecApp {
     let chunks = dirs.path().join("chunks").display().to_string();
     let outputs = dirs.path().join("out").display().to_string();
     let mut env = vec![

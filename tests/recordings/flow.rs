@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::client::{read, rec_app, stored_chunks, RecApp};
+use crate::client::{read, rec_app, rec_app_in, stored_chunks, RecApp};
 use crate::helpers::Backend;
 use crate::media;
 
@@ -198,5 +198,63 @@ async fn a_merge_over_its_timeout_is_killed_and_failed() {
         std::fs::read_dir(&work).unwrap().count(),
         0,
         "the work folder is removed"
+    );
+}
+
+/// Sets a file's modification time `hours` back.
+fn age(path: &std::path::Path, hours: u64) {
+    let then = std::time::SystemTime::now() - Duration::from_secs(hours * 3600);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(then))
+        .unwrap_or_else(|e| panic!("cannot age {}: {e}", path.display()));
+}
+
+/// Results and abandoned chunks older than the retention are removed (the
+/// sweep runs at start-up and then periodically); newer ones stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retention_sweep_removes_old_results_and_chunks() {
+    let retention = [("BROKER__RECORDINGS__RETENTION_HOURS", "1")];
+    let app = rec_app(Backend::Memory, &retention).await;
+    let media_dir = tempfile::tempdir().unwrap();
+    let pieces: Vec<Vec<u8>> = media::independent_webms(media_dir.path(), 2, 1.0)
+        .iter()
+        .map(|p| read(p))
+        .collect();
+    let (_, old_done) = record(&[&app], pieces.clone()).await;
+    let (_, new_done) = record(&[&app], pieces.clone()).await;
+    let abandoned = app.start().await["record_id"].as_str().unwrap().to_string();
+    app.chunk(&abandoned, pieces[0].clone()).await;
+    let kept = app.start().await["record_id"].as_str().unwrap().to_string();
+    app.chunk(&kept, pieces[0].clone()).await;
+
+    let output = |done: &serde_json::Value| {
+        let key = done["download_url"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string();
+        app.output_dir().join(format!("{key}.webm"))
+    };
+    let (old_output, new_output) = (output(&old_done), output(&new_done));
+    age(&old_output, 2);
+    for entry in std::fs::read_dir(app.chunk_dir(&abandoned)).unwrap() {
+        age(&entry.unwrap().path(), 2);
+    }
+    // A restart on the same folders sweeps at once.
+    let restarted = rec_app_in(app.dirs.clone(), Backend::Memory, None, &retention).await;
+    let swept = crate::helpers::eventually(Duration::from_secs(10), || async {
+        !old_output.exists() && !app.chunk_dir(&abandoned).exists()
+    })
+    .await;
+    assert!(swept, "old result and abandoned chunks removed");
+    assert!(new_output.exists(), "a newer result stays");
+    assert_eq!(
+        stored_chunks(&restarted.chunk_dir(&kept)).len(),
+        1,
+        "newer chunks stay"
     );
 }

@@ -1,0 +1,47 @@
+//! The WebSocket heartbeat the wings share (rooms, recordings): a ping
+//! every interval, and the socket closed once the peer has been silent for
+//! the idle timeout (a pong, or any frame, counts as heard).
+
+use std::time::{Duration, Instant};
+
+/// What the heartbeat asks for when it is due.
+pub enum Beat {
+    /// Send a ping.
+    Ping,
+    /// Nothing heard for the idle timeout: close the socket.
+    Idle,
+}
+
+pub struct Heartbeat {
+    ping: tokio::time::Interval,
+    last_heard: Instant,
+    idle: Duration,
+}
+
+impl Heartbeat {
+    /// The first ping is one interval away.
+    pub fn new(every: Duration, idle: Duration) -> Self {
+        let mut ping = tokio::time::interval(every);
+        ping.reset();
+        Self {
+            ping,
+            last_heard: Instant::now(),
+            idle,
+        }
+    }
+
+    /// The peer sent something.
+    pub fn heard(&mut self) {
+        self.last_heard = Instant::now();
+    }
+
+    /// Waits until the next beat.
+    pub async fn due(&mut self) -> Beat {
+        self.ping.tick().await;
+        if self.last_heard.elapsed() >= self.idle {
+            Beat::Idle
+        } else {
+            Beat::Ping
+        }
+    }
+}
