@@ -27,6 +27,10 @@ const LEASE_POLL: Duration = Duration::from_millis(50);
 /// A lease older than the upload timeout plus this is left by a dead instance.
 const LEASE_GRACE: Duration = Duration::from_secs(5);
 const PROGRESS_STORE_EVERY: Duration = Duration::from_secs(1);
+/// How often a merging instance says it is alive in the record...
+const MERGE_KEEPALIVE: Duration = Duration::from_secs(2);
+/// ...and after how long without that a stop takes the merge over.
+pub(super) const MERGE_STALE_MS: u64 = 10_000;
 /// How long a finished merge keeps trying to record its outcome (a Redis
 /// failover may be in progress).
 const OUTCOME_RETRY_FOR: Duration = Duration::from_secs(60);
@@ -45,7 +49,10 @@ struct Done {
 #[tracing::instrument(skip_all, fields(record_id = %id))]
 pub(super) async fn merge(inner: Arc<Inner>, id: Id) {
     let started = Instant::now();
-    match build(&inner, &id).await {
+    let keepalive = tokio::spawn(keep_alive(inner.clone(), id.clone()));
+    let built = build(&inner, &id).await;
+    keepalive.abort();
+    match built {
         Ok(done) => finish_ready(&inner, &id, done, started).await,
         Err(error) => finish_failed(&inner, &id, error).await,
     }
@@ -98,6 +105,25 @@ async fn build(inner: &Arc<Inner>, id: &Id) -> Result<Done, Failure> {
     })
 }
 
+/// Says in the record, every [`MERGE_KEEPALIVE`], that this instance is
+/// still merging.
+async fn keep_alive(inner: Arc<Inner>, id: Id) {
+    let mut tick = tokio::time::interval(MERGE_KEEPALIVE);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let _ = inner
+            .update(&id, |r| {
+                let merging = r.state == RecordState::Merging;
+                if merging {
+                    r.merge_alive_ms = Some(crate::clock::unix_now_ms());
+                }
+                merging
+            })
+            .await;
+    }
+}
+
 /// Waits until no upload of the recording is in flight anywhere.
 async fn wait_for_uploads(inner: &Inner, id: &Id) -> Result<(), Failure> {
     let stale_after = Duration::from_secs(inner.settings.upload_timeout_seconds) + LEASE_GRACE;
@@ -146,6 +172,10 @@ async fn report_progress(inner: Arc<Inner>, id: Id, mut rx: watch::Receiver<u8>)
 
 async fn finish_ready(inner: &Inner, id: &Id, done: Done, started: Instant) {
     let outcome = retry_update(inner, id, |r| {
+        // Another instance that took the merge over may have finished first.
+        if r.state != RecordState::Merging {
+            return false;
+        }
         r.state = RecordState::Ready;
         r.progress = 100;
         r.chunks = Some(done.chunks);
@@ -154,12 +184,24 @@ async fn finish_ready(inner: &Inner, id: &Id, done: Done, started: Instant) {
         r.size_bytes = Some(done.size_bytes);
         r.download_key = Some(done.download_key.clone());
         r.error = None;
+        r.merge_alive_ms = None;
         true
     })
     .await;
-    if let Err(e) = outcome {
-        tracing::error!(error = %crate::error::chain(&e), "merge done but its outcome could not be stored");
-        inner.merges_failed.fetch_add(1, Ordering::Relaxed);
+    let record = match outcome {
+        Ok(record) => record,
+        Err(e) => {
+            tracing::error!(error = %crate::error::chain(&e), "merge done but its outcome could not be stored");
+            inner.merges_failed.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    if record.download_key.as_ref() != Some(&done.download_key) {
+        tracing::info!("the recording was finished by another instance; dropping this result");
+        let _ = inner
+            .outputs
+            .delete(&ObjectKey::output(&done.download_key))
+            .await;
         return;
     }
     inner.merges_ready.fetch_add(1, Ordering::Relaxed);
@@ -192,19 +234,26 @@ async fn finish_failed(inner: &Inner, id: &Id, failure: Failure) {
     let code = failure.code();
     tracing::warn!(code, error = %failure.detail(), "recording merge failed");
     inner.merges_failed.fetch_add(1, Ordering::Relaxed);
-    let _ = retry_update(inner, id, |r| {
+    let outcome = retry_update(inner, id, |r| {
+        if r.state != RecordState::Merging {
+            return false;
+        }
         r.state = RecordState::Failed;
         r.error = Some(code.to_string());
+        r.merge_alive_ms = None;
         true
     })
     .await;
-    inner.events.publish(
-        id,
-        RecordingEvent::Error {
-            record_id: id.clone(),
-            error: code.to_string(),
-        },
-    );
+    // Not when another instance's merge finished it meanwhile.
+    if outcome.is_ok_and(|r| r.state == RecordState::Failed) {
+        inner.events.publish(
+            id,
+            RecordingEvent::Error {
+                record_id: id.clone(),
+                error: code.to_string(),
+            },
+        );
+    }
 }
 
 /// An update that outlasts a Redis failover.

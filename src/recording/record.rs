@@ -36,6 +36,10 @@ pub struct Record {
     /// cannot be guessed from the record id.
     pub download_key: Option<Id>,
     pub error: Option<String>,
+    /// While merging: when the merging instance last said it is alive (unix
+    /// ms). A stop finding it stale takes the merge over.
+    #[serde(default)]
+    pub merge_alive_ms: Option<u64>,
 }
 
 impl Record {
@@ -53,7 +57,17 @@ impl Record {
             size_bytes: None,
             download_key: None,
             error: None,
+            merge_alive_ms: None,
         }
+    }
+
+    /// Merging, but the instance doing it has not said it is alive for
+    /// `stale_ms` (it died): another may take the merge over.
+    pub fn merge_abandoned(&self, now_ms: u64, stale_ms: u64) -> bool {
+        self.state == RecordState::Merging
+            && self
+                .merge_alive_ms
+                .is_none_or(|alive| now_ms.saturating_sub(alive) > stale_ms)
     }
 
     /// True once no chunk may be added.

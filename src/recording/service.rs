@@ -216,7 +216,8 @@ impl Recordings {
     }
 
     /// Stops the recording and starts its merge in the background; a
-    /// repeated stop answers the current state.
+    /// repeated stop answers the current state, and takes over a merge
+    /// whose instance stopped saying it is alive (it died mid-merge).
     #[tracing::instrument(skip_all, fields(record_id = %record))]
     pub async fn stop(&self, record: &Id) -> Result<RecordState, RecordingError> {
         self.available()?;
@@ -224,10 +225,16 @@ impl Recordings {
         let updated = self
             .inner
             .update(record, |r| {
-                started = !r.is_stopped();
+                let now = unix_now_ms();
+                let abandoned = r.merge_abandoned(now, super::job::MERGE_STALE_MS);
+                started = !r.is_stopped() || abandoned;
+                if abandoned {
+                    tracing::warn!("merge abandoned by its instance; taking it over");
+                }
                 if started {
                     r.state = RecordState::Merging;
                     r.progress = 0;
+                    r.merge_alive_ms = Some(now);
                 }
                 started
             })

@@ -4,7 +4,8 @@
 //! all of Redis goes away and comes back (memory fallback on both
 //! instances, one shared storage folder). No acknowledged chunk may be lost
 //! or overwritten, no index given twice, and the merged file holds every
-//! acknowledged chunk. Each test owns its topology; they run one at a time.
+//! acknowledged chunk. A merge whose instance is SIGKILLed is taken over.
+//! Each test owns its topology; they run one at a time.
 
 #[path = "../recordings/client.rs"]
 #[allow(dead_code)]
@@ -284,4 +285,106 @@ async fn memory_fallback_on_two_instances_overwrites_nothing() {
     );
     println!("index collisions repaired: {repaired}; redis port {port}");
     assert_merge_holds(&a, &record, stored).await;
+}
+
+/// The instance running a merge is SIGKILLed mid-merge (held by an upload
+/// in flight): the recording stays `merging` until a stop on another
+/// instance, once the dead one has stopped saying it is alive, takes the
+/// merge over and finishes it with every chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merge_abandoned_by_a_killed_instance_is_taken_over() {
+    use tokio::io::AsyncWriteExt as _;
+    let _serial = SERIAL.lock().await;
+    let redis = blocking(Single::start).await;
+    let dirs = Arc::new(tempfile::tempdir().unwrap());
+    let (chunks, out) = (
+        dirs.path().join("chunks").display().to_string(),
+        dirs.path().join("out").display().to_string(),
+    );
+    let prefix = format!("m{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let url = redis.url();
+    let shared = [
+        ("REDIS_URL", url.as_str()),
+        ("REDIS_KEY_PREFIX", prefix.as_str()),
+        ("TEMP_DIR", chunks.as_str()),
+        ("STORAGE_LOCAL_PATH", out.as_str()),
+        ("API_KEYS", API_KEY),
+        // A dead instance's upload lease is ignored after 1 + 5 s.
+        ("BROKER__RECORDINGS__UPLOAD_TIMEOUT_SECONDS", "1"),
+    ];
+    let cwd = tempfile::tempdir().unwrap();
+    let mut env = vec![("PORT", "0")];
+    env.extend_from_slice(&shared);
+    let mut doomed = harness::process::start(&env, cwd.path());
+    let b = client::rec_app_in(dirs.clone(), Backend::Single, Some(Vec::new()), &shared).await;
+    // The doomed instance as a RecApp-like client: same calls, its port.
+    let doomed_base = format!("http://127.0.0.1:{}", doomed.port);
+    let http = reqwest::Client::new();
+    let started: serde_json::Value = http
+        .post(format!("{doomed_base}/api/recordings"))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let record = started["record_id"].as_str().unwrap().to_string();
+    let template = template();
+    for n in 0..3 {
+        let (status, body) = b
+            .chunk_as(&record, API_KEY, media::retag(&template, n))
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // An upload to the doomed instance that never finishes: its lease holds
+    // the doomed instance's merge.
+    let mut dribble = tokio::net::TcpStream::connect(("127.0.0.1", doomed.port))
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /api/recordings/{record}/chunks HTTP/1.1\r\nHost: x\r\nX-API-Key: {API_KEY}\r\n\
+         Content-Length: 100000\r\n\r\n"
+    );
+    dribble.write_all(head.as_bytes()).await.unwrap();
+    dribble.write_all(&template[..100]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let res = http
+        .post(format!("{doomed_base}/api/recordings/{record}/stop"))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 202);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    doomed.child.kill().unwrap();
+    let killed = Instant::now();
+    drop(dribble);
+
+    // Soon after, the merge still counts as alive: a stop changes nothing.
+    let (status, body) = b.stop(&record).await;
+    assert_eq!((status, &body["state"]), (202, &"merging".into()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(b.status(&record).await.1["state"], "merging");
+    // Once it is stale, a stop (a client retrying) takes it over.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let done = loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (status, _) = b.stop(&record).await;
+        assert_eq!(status, 202);
+        let (_, now) = b.status(&record).await;
+        if now["state"] == "ready" || now["state"] == "failed" {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the merge was never taken over: {now}"
+        );
+    };
+    assert_eq!(done["state"], "ready", "{done}");
+    assert_eq!(done["chunks"], 3);
+    println!(
+        "merge taken over and finished {:?} after the SIGKILL",
+        killed.elapsed()
+    );
 }
