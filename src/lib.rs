@@ -6,7 +6,7 @@
 //! (storage trait, backends incl. the Redis fallback, key names),
 //! `migration` (replay rules after an outage), `domain` (validated ids and TTLs),
 //! `extract` (request parsing), `auth` (API keys), `error` (errors to HTTP),
-//! `health` (lifecycle), `heartbeat` (WebSocket pings and idle close), `telemetry` (logs, request spans), `overload` (load
+//! `health` (lifecycle), `metrics` (Prometheus exposition), `heartbeat` (WebSocket pings and idle close), `telemetry` (logs, request spans), `overload` (load
 //! shedding), `shutdown`, `rooms` (WebSocket rooms and their bus between
 //! instances), `recording` (chunk uploads, indices, merges, downloads),
 //! `pubsub` (the Redis subscriber the wings share), `origins` (the allowed
@@ -20,6 +20,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod heartbeat;
+pub mod metrics;
 pub mod migration;
 pub mod origins;
 pub mod overload;

@@ -97,7 +97,7 @@ impl Application {
             &settings.rooms,
             settings.limits.json_max_depth,
             settings.storage.fallback,
-            redis.zip(pubsub.clone()),
+            redis.clone().zip(pubsub.clone()),
             &settings.server.server_id,
         );
 
@@ -140,6 +140,8 @@ impl Application {
                 settings.sessions.max_members,
             ),
             store,
+            redis,
+            pubsub: pubsub.clone(),
             rooms,
             recordings,
             lifecycle: Arc::new(Lifecycle::new(settings.server.server_id.clone())),
@@ -282,6 +284,7 @@ fn http_server(
         settings.server.max_inflight_requests,
         Duration::from_millis(settings.server.overload_wait_ms),
     );
+    let http_metrics = crate::metrics::HttpMetrics::default();
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -289,6 +292,7 @@ fn http_server(
             .app_data(api_keys.clone())
             .app_data(origins.clone())
             .app_data(inflight.clone())
+            .app_data(http_metrics.clone())
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
             .wrap(routes::json_method_not_allowed())

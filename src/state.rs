@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use crate::health::Lifecycle;
+use crate::pubsub::PubSub;
 use crate::recording::Recordings;
 use crate::rooms::Rooms;
 use crate::sessions::SessionService;
@@ -16,6 +17,10 @@ pub struct AppState {
     pub tokens: TokenService,
     pub sessions: SessionService,
     pub store: Arc<dyn Store>,
+    /// The Redis store inside `store` and the instance's pub/sub, when
+    /// Redis is configured (their metrics).
+    pub redis: Option<crate::store::RedisStore>,
+    pub pubsub: Option<PubSub>,
     pub rooms: Rooms,
     pub recordings: Recordings,
     pub lifecycle: Arc<Lifecycle>,

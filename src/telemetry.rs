@@ -57,6 +57,8 @@ pub async fn trace_request(
         .and_then(|v| Id::parse(v).ok())
         .unwrap_or_else(Id::generate);
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let metrics = req.app_data::<crate::metrics::HttpMetrics>().cloned();
+    let method = req.method().clone();
     let span = tracing::info_span!(
         "http_request",
         method = %req.method(),
@@ -70,6 +72,9 @@ pub async fn trace_request(
     let status = res.status().as_u16();
     span.record("status", status);
     span.record("latency_ms", started.elapsed().as_secs_f64() * 1000.0);
+    if let Some(metrics) = metrics {
+        metrics.observe(method.as_str(), &route, status, started.elapsed());
+    }
     if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
         res.headers_mut().insert(REQUEST_ID, value);
     }

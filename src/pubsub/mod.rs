@@ -14,6 +14,7 @@ mod link;
 mod resp;
 mod subscriber;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::broadcast;
@@ -68,6 +69,7 @@ struct Inner {
     subscriber: Subscriber,
     shutdown: broadcast::Sender<()>,
     sharded: bool,
+    resubscribes: Arc<AtomicU64>,
 }
 
 /// The instance's pub/sub; cheap to clone.
@@ -83,8 +85,14 @@ impl PubSub {
         let sharded = store.settings().mode == RedisMode::Cluster;
         let router = Arc::new(Router::default());
         let (shutdown, _) = broadcast::channel(1);
-        let subscriber =
-            Subscriber::start(store.clone(), router.clone(), sharded, shutdown.subscribe());
+        let resubscribes = Arc::new(AtomicU64::new(0));
+        let subscriber = Subscriber::start(
+            store.clone(),
+            router.clone(),
+            sharded,
+            shutdown.subscribe(),
+            resubscribes.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -92,6 +100,7 @@ impl PubSub {
                 subscriber,
                 shutdown,
                 sharded,
+                resubscribes,
             }),
         }
     }
@@ -138,6 +147,12 @@ impl PubSub {
     /// The configured key prefix, which every channel name starts with.
     pub fn key_prefix(&self) -> &str {
         &self.inner.store.settings().key_prefix
+    }
+
+    /// Subscriptions restored after a loss (failover, dropped link, slot
+    /// move) since start.
+    pub fn resubscribes(&self) -> u64 {
+        self.inner.resubscribes.load(Ordering::Relaxed)
     }
 
     /// Stops the subscriber and its links.

@@ -14,7 +14,8 @@
 //! backoff. Each confirmed subscription is reported to its sink (a room
 //! then reads from history what pub/sub dropped meanwhile).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,7 @@ impl Subscriber {
         sink: Arc<dyn Sink>,
         sharded: bool,
         shutdown: broadcast::Receiver<()>,
+        resubscribes: Arc<AtomicU64>,
     ) -> Self {
         let (wants, rx) = mpsc::channel(WANT_QUEUE);
         let (events_tx, events) = mpsc::channel(LINK_QUEUE);
@@ -53,6 +55,8 @@ impl Subscriber {
             store,
             sink,
             sharded,
+            confirmed: HashSet::new(),
+            resubscribes,
             wanted: HashMap::new(),
             placed: HashMap::new(),
             links: HashMap::new(),
@@ -84,6 +88,11 @@ struct Manager {
     sharded: bool,
     /// Channel -> subscriptions asked for it.
     wanted: HashMap<String, usize>,
+    /// Wanted channels the server confirmed at least once.
+    confirmed: HashSet<String>,
+    /// Confirmations of channels confirmed before: subscriptions restored
+    /// after a loss (metrics).
+    resubscribes: Arc<AtomicU64>,
     /// Channel -> the link it was sent to.
     placed: HashMap<String, HostPort>,
     /// Node -> (link id, its command queue).
@@ -127,6 +136,7 @@ impl Manager {
                             continue;
                         }
                         self.wanted.remove(&channel);
+                        self.confirmed.remove(&channel);
                         if let Some(node) = self.placed.remove(&channel) {
                             if let Some((_, link)) = self.links.get(&node) {
                                 let _ = link.try_send(LinkCmd::Unsubscribe(channel));
@@ -147,6 +157,9 @@ impl Manager {
             LinkEvent::Subscribed(channel) => {
                 self.backoff = Duration::from_millis(50);
                 if self.wanted.contains_key(&channel) {
+                    if !self.confirmed.insert(channel.clone()) {
+                        self.resubscribes.fetch_add(1, Ordering::Relaxed);
+                    }
                     self.sink.subscribed(&channel);
                 }
             }

@@ -65,6 +65,8 @@ pub struct RecordingStats {
     pub merges_ready: u64,
     pub merges_failed: u64,
     pub merge_available: bool,
+    /// Recording WebSockets open here.
+    pub sockets: usize,
 }
 
 pub(super) struct Inner {
@@ -86,6 +88,10 @@ pub(super) struct Inner {
     bytes_stored: AtomicU64,
     pub merges_ready: AtomicU64,
     pub merges_failed: AtomicU64,
+    /// Recording WebSockets open on this instance.
+    pub sockets: std::sync::atomic::AtomicUsize,
+    /// Durations of good merges (stop to ready), for `/metrics`.
+    pub merge_seconds: prometheus::Histogram,
 }
 
 /// The recordings of this broker; cheap to clone.
@@ -147,6 +153,8 @@ impl Recordings {
             bytes_stored: AtomicU64::new(0),
             merges_ready: AtomicU64::new(0),
             merges_failed: AtomicU64::new(0),
+            sockets: std::sync::atomic::AtomicUsize::new(0),
+            merge_seconds: merge_histogram(),
         });
         super::job::start_sweeper(inner.clone());
         Ok(Self { inner })
@@ -316,7 +324,20 @@ impl Recordings {
             merges_ready: i.merges_ready.load(Ordering::Relaxed),
             merges_failed: i.merges_failed.load(Ordering::Relaxed),
             merge_available: i.merger.is_ok(),
+            sockets: i.sockets.load(Ordering::Relaxed),
         }
+    }
+
+    /// The merge duration histogram, for `/metrics`.
+    pub fn metric_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::core::Collector as _;
+        self.inner.merge_seconds.collect()
+    }
+
+    /// Counts an open recording socket until the guard drops.
+    pub(super) fn socket_opened(&self) -> SocketGuard {
+        self.inner.sockets.fetch_add(1, Ordering::Relaxed);
+        SocketGuard(self.inner.clone())
     }
 
     fn ws_url(&self, record: &Id) -> String {
@@ -428,6 +449,26 @@ impl Inner {
         }
         cache.insert(record.record_id.clone(), record.clone());
     }
+}
+
+/// Keeps a recording socket counted while it lives.
+pub(super) struct SocketGuard(Arc<Inner>);
+
+impl Drop for SocketGuard {
+    fn drop(&mut self) {
+        self.0.sockets.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn merge_histogram() -> prometheus::Histogram {
+    let opts = prometheus::HistogramOpts::new(
+        "rtc_recording_merge_duration_seconds",
+        "Good merges, from the stop (or takeover) to ready.",
+    )
+    .buckets(vec![
+        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+    ]);
+    prometheus::Histogram::with_opts(opts).expect("metric names are valid constants")
 }
 
 fn encode(record: &Record) -> Result<String, RecordingError> {

@@ -36,6 +36,7 @@ pub fn run(
         .aggregate_continuations()
         .max_continuation_size(max);
     let span = tracing::info_span!("ws_recording", record_id = %record);
+    let counted = recordings.socket_opened();
     let socket = Socket {
         events: recordings.events(&record),
         shutdown: recordings.shutdown_signal(),
@@ -44,7 +45,11 @@ pub fn run(
         record,
         final_sent: false,
     };
-    socket.serve(stream).instrument(span)
+    async move {
+        socket.serve(stream).await;
+        drop(counted);
+    }
+    .instrument(span)
 }
 
 struct Socket {

@@ -44,6 +44,8 @@ struct RoomHandle {
 #[derive(Default)]
 pub struct Registry {
     rooms: Mutex<HashMap<Id, RoomHandle>>,
+    /// Frames written to local sockets by every room since start.
+    pub fanned_out: Arc<AtomicU64>,
 }
 
 impl Registry {

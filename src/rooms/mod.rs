@@ -49,6 +49,8 @@ pub struct RoomStats {
     pub outage_buffered: usize,
     /// Publishes refused because that buffer was full (since start).
     pub outage_refused: u64,
+    /// Frames written to local sockets by every room (since start).
+    pub fanned_out: u64,
 }
 
 struct Inner {
@@ -171,6 +173,7 @@ impl Rooms {
             connections,
             outage_buffered,
             outage_refused,
+            fanned_out: self.inner.registry.fanned_out.load(Ordering::Relaxed),
         }
     }
 

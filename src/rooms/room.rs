@@ -97,6 +97,8 @@ pub struct RoomTask {
     /// Redis delivered again after local ids were handed out: no more local
     /// ids until a delivery above them closes the outage for this room.
     redis_back: bool,
+    /// The instance's count of frames fanned out (metrics).
+    fanned_out: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Deliveries held back, in arrival order, while the room cannot read the
@@ -157,6 +159,7 @@ impl RoomTask {
             max_queue,
         } = parts;
         let mut room = RoomTask {
+            fanned_out: registry.fanned_out.clone(),
             id: id.clone(),
             bus: bus.clone(),
             shared: shared.clone(),
@@ -399,15 +402,19 @@ impl RoomTask {
     /// ones that do not keep up (they stopped reading).
     fn fan_out(&mut self, id: u64, frame: &ByteString) {
         let mut slow = Vec::new();
+        let mut sent = 0;
         for (conn_id, conn) in &mut self.conns {
             if id <= conn.last_sent {
                 continue;
             }
             conn.last_sent = id;
+            sent += 1;
             if !conn.send(frame) {
                 slow.push(*conn_id);
             }
         }
+        self.fanned_out
+            .fetch_add(sent, std::sync::atomic::Ordering::Relaxed);
         self.drop_slow(slow);
     }
 

@@ -2,6 +2,7 @@
 //! JSON 404/405 answers for unknown routes and methods live here too.
 
 mod health;
+mod metrics;
 mod recordings;
 mod rooms;
 mod sessions;
@@ -17,6 +18,7 @@ use crate::error::ApiError;
 /// Mounts every route of the broker.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     health::configure(cfg);
+    metrics::configure(cfg);
     tokens::configure(cfg);
     sessions::configure(cfg);
     rooms::configure(cfg);

@@ -254,6 +254,7 @@ impl Store for MemoryStore {
             entries: Some(self.len()),
             pending_replay: None,
             migrated: Migrated::default(),
+            fallback_totals: Default::default(),
         }
     }
 }

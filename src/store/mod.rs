@@ -164,6 +164,27 @@ pub struct StoreStatus {
     pub pending_replay: Option<usize>,
     /// What was replayed into Redis after the last outage.
     pub migrated: Migrated,
+    /// Switches and replays since start (fallback only; for metrics).
+    pub fallback_totals: FallbackTotals,
+}
+
+/// Since start: switches to memory and back, and everything replayed.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct FallbackTotals {
+    pub to_memory: u64,
+    pub to_redis: u64,
+    pub replayed: Migrated,
+}
+
+impl Migrated {
+    /// Adds another replay's counts (not the time).
+    pub fn add(&mut self, other: &Migrated) {
+        self.tokens += other.tokens;
+        self.sessions += other.sessions;
+        self.revocations += other.revocations;
+        self.counters += other.counters;
+        self.recordings += other.recordings;
+    }
 }
 
 /// Counts of records moved from memory back to Redis after an outage, one

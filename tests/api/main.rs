@@ -10,6 +10,7 @@ mod binary;
 mod errors;
 mod health;
 mod instances;
+mod metrics;
 mod overload;
 mod sessions;
 mod tokens;

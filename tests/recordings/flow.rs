@@ -76,19 +76,48 @@ async fn independent_files_merge_into_one(backend: Backend) {
         .map(|p| read(p))
         .collect();
     let bytes: u64 = pieces.iter().map(|p| p.len() as u64).sum();
-    let (record, done) = if backend == Backend::Memory {
-        record(&[&app], pieces).await
-    } else {
-        let other = app.sibling().await;
-        record(&[&app, &other], pieces).await
-    };
+    let mut apps = vec![app];
+    if backend != Backend::Memory {
+        apps.push(apps[0].sibling().await);
+    }
+    let refs: Vec<&RecApp> = apps.iter().collect();
+    let (record, done) = record(&refs, pieces).await;
     assert_eq!(done["chunks"], 5);
     assert_eq!(done["bytes"], bytes);
-    check_result(&app, &done, 5.0).await;
+    check_result(&apps[0], &done, 5.0).await;
     assert!(
-        stored_chunks(&app.chunk_dir(&record)).is_empty(),
+        stored_chunks(&apps[0].chunk_dir(&record)).is_empty(),
         "chunks are removed after a good merge"
     );
+    // The instance that took the stop merged; every instance counts what it stored.
+    let merged_on = metrics(apps.last().unwrap()).await;
+    assert!(merged_on(r#"rtc_recording_merges_total{outcome="ready"}"#) >= 1.0);
+    assert!(merged_on("rtc_recording_merge_duration_seconds_count") >= 1.0);
+    let mut stored = 0.0;
+    for app in &apps {
+        stored += metrics(app).await("rtc_recording_chunks_stored_total");
+    }
+    assert_eq!(stored, 5.0);
+}
+
+/// A scrape of `/metrics`, as a lookup of one series' value.
+async fn metrics(app: &RecApp) -> impl Fn(&str) -> f64 {
+    let url = app.app.url("/metrics");
+    let text = app
+        .app
+        .client
+        .get(url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    move |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+    }
 }
 
 crate::on_every_backend!(independent_files_merge_into_one);

@@ -49,6 +49,7 @@ struct Inner {
     queue: Mutex<ReplayQueue>,
     /// What the last completed replay moved.
     migrated: Mutex<Migrated>,
+    totals: Mutex<crate::store::FallbackTotals>,
     entered_fallback: Arc<Notify>,
     /// The outage's writes on disk, when `storage.journal_path` is set.
     disk: Option<DiskJournal>,
@@ -90,6 +91,7 @@ impl FallbackStore {
             mode: Mutex::new(Mode::default()),
             queue: Mutex::new(ReplayQueue::default()),
             migrated: Mutex::new(Migrated::default()),
+            totals: Mutex::default(),
             entered_fallback: Arc::new(Notify::new()),
             disk,
         });
@@ -140,6 +142,10 @@ impl Inner {
         self.queue.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn lock_totals(&self) -> MutexGuard<'_, crate::store::FallbackTotals> {
+        self.totals.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn lock_mode(&self) -> MutexGuard<'_, Mode> {
         self.mode.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -149,6 +155,7 @@ impl Inner {
     /// it); only the switch back must exclude memory writes.
     fn enter_fallback(&self, reason: String) {
         if self.lock_mode().enter(reason.clone()) {
+            self.lock_totals().to_memory += 1;
             tracing::warn!(reason = %reason, "Redis unavailable: serving from memory until it returns");
             self.entered_fallback.notify_one();
         }
@@ -323,6 +330,7 @@ impl Store for FallbackStore {
 
     fn status(&self) -> StoreStatus {
         let mut status = self.inner.redis.status();
+        status.fallback_totals = *self.inner.lock_totals();
         status.migrated = *self
             .inner
             .migrated

@@ -42,6 +42,11 @@ impl Inner {
         };
         *self.migrated.lock().unwrap_or_else(|p| p.into_inner()) = migrated;
         let outage = self.lock_mode().leave();
+        {
+            let mut totals = self.lock_totals();
+            totals.to_redis += u64::from(outage.is_some());
+            totals.replayed.add(&migrated);
+        }
         tracing::warn!(
             tokens = migrated.tokens,
             sessions = migrated.sessions,

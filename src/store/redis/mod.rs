@@ -54,6 +54,9 @@ struct Shared {
     /// Announces every change of `health.connected` (the fallback waits on it).
     connected: watch::Sender<bool>,
     scripts: Scripts,
+    /// Latency and errors per command, for `/metrics`.
+    latency: prometheus::HistogramVec,
+    errors: prometheus::IntCounterVec,
 }
 
 /// Redis-backed [`Store`]; cheap to clone.
@@ -83,6 +86,17 @@ impl RedisStore {
             hold: Mutex::new(None),
             connected: watch::Sender::new(false),
             scripts: Scripts::new(),
+            latency: crate::metrics::histogram_vec(
+                "rtc_redis_command_duration_seconds",
+                "Redis command latency (retries within the deadline included), by command.",
+                &["op"],
+                crate::metrics::LATENCY_BUCKETS,
+            ),
+            errors: crate::metrics::counter_vec(
+                "rtc_redis_command_errors_total",
+                "Redis commands that failed, by command and kind (outage: no answer; refused: an error reply).",
+                &["op", "kind"],
+            ),
         });
         let (event_tx, event_rx) = mpsc::unbounded_channel();
         if settings.mode == RedisMode::Sentinel {
@@ -179,11 +193,27 @@ impl RedisStore {
             op = %op.name(),
             mode = self.shared.settings.mode.as_str()
         );
+        let name = op.name();
+        let started = std::time::Instant::now();
         let result = self.shared.run(&op).instrument(span.clone()).await;
+        self.shared
+            .latency
+            .with_label_values(&[&name])
+            .observe(started.elapsed().as_secs_f64());
         if let Err(e) = &result {
+            let kind = if e.is_outage() { "outage" } else { "refused" };
+            self.shared.errors.with_label_values(&[&name, kind]).inc();
             span.in_scope(|| tracing::debug!(error = %e, "Redis operation failed"));
         }
         result
+    }
+
+    /// The command latency and error families, for `/metrics`.
+    pub fn metric_families(&self) -> Vec<prometheus::proto::MetricFamily> {
+        use prometheus::core::Collector as _;
+        let mut families = self.shared.latency.collect();
+        families.extend(self.shared.errors.collect());
+        families
     }
 }
 
@@ -563,6 +593,7 @@ impl Store for RedisStore {
             entries: None,
             pending_replay: None,
             migrated: Migrated::default(),
+            fallback_totals: Default::default(),
         }
     }
 }
