@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh Debian machine or a developer's laptop:
 # installs what the suite needs when it is missing (Redis server and tools,
 # ffmpeg, Node.js and npm), sets up the Node peer for tests/mixed_fleet,
-# then runs formatting, lints and every test.
+# then runs formatting, lints, the deployment files' validation
+# (scripts/validate-deploy.sh) and every test.
 #
 #   scripts/test.sh
 #
@@ -77,6 +78,10 @@ cargo clippy --all-targets --locked -- -D warnings
 # cargo test, not nextest: the Redis topologies (a 6-node Cluster, a
 # Sentinel set) are shared by all tests of one test binary, which needs the
 # tests to run as threads of one process. The whole run is bounded in time.
+# Dockerfile, compose files, k8s manifests and the Grafana dashboard,
+# offline (no Docker engine, no cluster); installs its tools on first use.
+log "deployment files"
+scripts/validate-deploy.sh
 log "cargo test"
 timeout --signal=KILL 1500 cargo test --locked --no-fail-fast
 log "all tests passed"
