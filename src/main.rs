@@ -28,10 +28,19 @@ enum Command {
     Serve,
     /// Print the effective configuration, secrets redacted, and exit.
     CheckConfig,
+    /// Run a failover drill against brokers behind Sentinel (exit 0: nothing
+    /// acknowledged lost, 1: something was, 2: could not run).
+    Drill(rtc_broker::drill::DrillArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The drill is a client of running brokers: no broker settings needed.
+    let check_only = match cli.command.unwrap_or(Command::Serve) {
+        Command::Drill(args) => return rtc_broker::drill::run(args),
+        Command::CheckConfig => true,
+        Command::Serve => false,
+    };
     let settings = match Settings::load() {
         Ok(settings) => settings,
         Err(e) => {
@@ -39,18 +48,18 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::CheckConfig => check_config(&settings),
-        Command::Serve => match serve(settings) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("{e:#}");
-                let config_error = e
-                    .downcast_ref::<StartupError>()
-                    .is_some_and(StartupError::is_configuration);
-                ExitCode::from(if config_error { EXIT_CONFIG } else { 1 })
-            }
-        },
+    if check_only {
+        return check_config(&settings);
+    }
+    match serve(settings) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            let config_error = e
+                .downcast_ref::<StartupError>()
+                .is_some_and(StartupError::is_configuration);
+            ExitCode::from(if config_error { EXIT_CONFIG } else { 1 })
+        }
     }
 }
 
