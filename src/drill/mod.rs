@@ -8,6 +8,7 @@
 //! (`report`). Exit status: 0 nothing acknowledged was lost, 1 something
 //! was, 2 the drill could not run (one line says why).
 
+mod html;
 pub mod load;
 mod report;
 mod sentinel;
@@ -68,6 +69,9 @@ pub struct DrillArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Also write a self-contained HTML page with a timeline chart.
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<std::path::PathBuf>,
 }
 
 /// Runs the drill; the process's exit status.
@@ -80,7 +84,17 @@ pub fn run(args: DrillArgs) -> ExitCode {
         Err(e) => return could_not_run(&format!("cannot start a runtime: {e}")),
     };
     match runtime.block_on(drill(args)) {
-        Ok((report, json)) => {
+        Ok((report, json, html)) => {
+            if let Some(path) = html {
+                let written = html::page(&report)
+                    .and_then(|page| std::fs::write(&path, page).map_err(|e| e.to_string()));
+                if let Err(e) = written {
+                    return could_not_run(&format!(
+                        "cannot write the report {}: {e}",
+                        path.display()
+                    ));
+                }
+            }
             if json {
                 match serde_json::to_string_pretty(&report) {
                     Ok(text) => println!("{text}"),
@@ -108,6 +122,7 @@ struct Plan {
     trigger: Trigger,
     kill_cmd: Option<String>,
     api_key: Option<String>,
+    html: Option<std::path::PathBuf>,
 }
 
 fn plan(args: DrillArgs) -> Result<(Plan, bool), String> {
@@ -135,6 +150,12 @@ fn plan(args: DrillArgs) -> Result<(Plan, bool), String> {
     if args.trigger == Trigger::KillCmd && args.kill_cmd.as_deref().is_none_or(str::is_empty) {
         return Err("--trigger kill-cmd needs --kill-cmd".into());
     }
+    if let Some(path) = &args.report {
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        if dir.is_some_and(|d| !d.is_dir()) {
+            return Err(format!("--report {}: no such folder", path.display()));
+        }
+    }
     let plan = Plan {
         brokers,
         sentinels: Sentinels {
@@ -145,11 +166,15 @@ fn plan(args: DrillArgs) -> Result<(Plan, bool), String> {
         trigger: args.trigger,
         kill_cmd: args.kill_cmd,
         api_key: args.api_key,
+        html: args.report,
     };
     Ok((plan, args.json))
 }
 
-async fn drill(args: DrillArgs) -> Result<(Report, bool), String> {
+/// The report, whether to print it as JSON, and where to write the page.
+type Outcome = (Report, bool, Option<std::path::PathBuf>);
+
+async fn drill(args: DrillArgs) -> Result<Outcome, String> {
     let (plan, json) = plan(args)?;
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(16)
@@ -240,7 +265,7 @@ async fn drill(args: DrillArgs) -> Result<(Report, bool), String> {
         lost_anything: verified.lost(),
         verified,
     };
-    Ok((report, json))
+    Ok((report, json, plan.html))
 }
 
 fn spawn_workers(load: &Load, record: Option<String>) -> Vec<tokio::task::JoinHandle<()>> {

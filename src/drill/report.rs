@@ -121,7 +121,7 @@ pub fn phases(samples: &[Sample], trigger: Duration, settled: Duration) -> Phase
 }
 
 pub fn timeline(samples: &[Sample], seconds: u64) -> Vec<Second> {
-    (0..=seconds)
+    (0..seconds)
         .map(|t| {
             let in_second: Vec<&Sample> = samples.iter().filter(|s| s.at.as_secs() == t).collect();
             Second {

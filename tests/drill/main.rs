@@ -82,7 +82,9 @@ async fn a_failover_drill_finds_nothing_lost() {
     let set = blocking(SentinelSet::start).await;
     let dirs = tempfile::tempdir().unwrap();
     let urls = brokers(&set, &dirs).await;
-    let run = drill_on(&set, &urls, &["--duration", "12"]).await;
+    let page = dirs.path().join("drill.html");
+    let page_arg = page.display().to_string();
+    let run = drill_on(&set, &urls, &["--duration", "12", "--report", &page_arg]).await;
     let r = &run.report;
     println!("{}", serde_json::to_string_pretty(r).unwrap_or_default());
     assert_eq!(run.status, 0, "stderr: {}", run.stderr);
@@ -111,7 +113,21 @@ async fn a_failover_drill_finds_nothing_lost() {
         "the sentinels promoted a new master"
     );
     assert_ne!(r["old_master"], r["new_master"]);
-    assert_eq!(r["timeline"].as_array().unwrap().len(), 13);
+    assert_eq!(r["timeline"].as_array().unwrap().len(), 12);
+    // The page: self-contained, with the chart and both marks.
+    let html = std::fs::read_to_string(&page).expect("the --report page");
+    assert!(html.starts_with("<!doctype html>"));
+    assert!(html.contains("<svg") && html.contains("</svg>"));
+    for label in ["ops/s", "errors/s", "p99 ms", "trigger", "promotion"] {
+        assert!(html.contains(label), "{label} missing from the chart");
+    }
+    for external in ["<script", "src=", "href=", "@import"] {
+        assert!(
+            !html.contains(external),
+            "the page fetches something: {external}"
+        );
+    }
+    let _ = std::fs::copy(&page, "target/drill-report.html");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -162,6 +178,11 @@ async fn a_drill_that_cannot_run_says_why_and_exits_2() {
         (("ftp://x", ok.1, ok.2), vec![], "not an http(s) URL"),
         (ok, vec!["--duration", "1"], "--duration"),
         (ok, vec!["--trigger", "kill-cmd"], "needs --kill-cmd"),
+        (
+            ok,
+            vec!["--report", "/nonexistent/x/drill.html"],
+            "no such folder",
+        ),
     ];
     let cases = cases.into_iter().map(|((b, s, m), extra, says)| {
         let mut args = vec!["--broker", b, "--sentinel", s, "--master-name", m];
