@@ -162,20 +162,17 @@ fn draw(report: &Report, svg: &mut String) -> Result<(), Box<dyn std::error::Err
     let points = |f: &dyn Fn(&super::report::Second) -> f64| -> Vec<(f64, f64)> {
         t.iter().map(|s| (s.t as f64, f(s))).collect()
     };
-    chart
-        .draw_series(LineSeries::new(
-            points(&|s| s.ops as f64),
-            BLUE.stroke_width(2),
-        ))?
-        .label("ops/s")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLUE));
-    chart
-        .draw_series(LineSeries::new(
-            points(&|s| s.errors as f64),
-            RED.stroke_width(2),
-        ))?
-        .label("errors/s")
-        .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], RED));
+    type Value = fn(&super::report::Second) -> f64;
+    let left: [(Value, RGBColor, &str); 2] = [
+        (|s| s.ops as f64, BLUE, "ops/s"),
+        (|s| s.errors as f64, RED, "errors/s"),
+    ];
+    for (value, color, label) in left {
+        chart
+            .draw_series(LineSeries::new(points(&value), color.stroke_width(2)))?
+            .label(label)
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color));
+    }
     chart
         .draw_secondary_series(LineSeries::new(
             points(&|s| s.p99_ms),
