@@ -364,7 +364,14 @@ async fn main() {
     env.push(format!("API_KEYS={API_KEY}"));
     env.push("BROKER_CONFIG_DIR=/nonexistent".into());
     let (_broker, port, lines) = broker::start(args.broker.broker_bin.as_ref(), &env);
-    std::thread::spawn(move || for _ in lines {});
+    // The broker's log: errors are shown (a failed upload says why there).
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            if line.contains("ERROR") {
+                eprintln!("broker: {line}");
+            }
+        }
+    });
     let bench = std::sync::Arc::new(Bench {
         base: format!("http://127.0.0.1:{port}"),
         client: reqwest::Client::builder()

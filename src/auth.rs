@@ -56,17 +56,27 @@ impl ApiKeys {
         if !self.is_enabled() {
             return Ok(());
         }
-        let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok());
-        let bearer = header(AUTHORIZATION.as_str()).and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        });
-        let presented = bearer.or_else(|| header("x-api-key"));
+        let presented =
+            bearer(req).or_else(|| req.headers().get("x-api-key").and_then(|v| v.to_str().ok()));
         match presented {
             Some(key) if self.accepts(key.trim()) => Ok(()),
             _ => Err(ApiError::Unauthorized),
         }
     }
+}
+
+/// The credential of `Authorization: Bearer <credential>` (an API key or a
+/// token), trimmed; `None` when absent or empty.
+pub fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
 }
 
 /// Extractor guarding a management endpoint: list it first among a

@@ -20,26 +20,71 @@ pub const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
-/// A labelled counter family; names and labels are constants of this
-/// crate, checked by the tests below, so creation cannot fail at run time.
-pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    IntCounterVec::new(Opts::new(name, help), labels).expect("metric names are valid constants")
+/// Metric names and labels are constants of this crate (the tests below
+/// render every family), so creation does not fail; if it ever did, the
+/// family is left out with an error in the log, never a panic.
+fn created<T>(name: &str, made: prometheus::Result<T>) -> Option<T> {
+    made.map_err(|e| tracing::error!(metric = name, error = %e, "metric left out"))
+        .ok()
 }
 
-/// A labelled histogram family (see [`counter_vec`]).
-pub fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )
-    .expect("metric names are valid constants")
+/// A labelled counter family (see [`created`]).
+pub fn counter_vec(name: &str, help: &str, labels: &[&str]) -> Option<IntCounterVec> {
+    created(name, IntCounterVec::new(Opts::new(name, help), labels))
+}
+
+/// A labelled histogram family (see [`created`]).
+pub fn histogram_vec(
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> Option<HistogramVec> {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    created(name, HistogramVec::new(opts, labels))
+}
+
+/// A histogram without labels (see [`created`]).
+pub fn histogram(name: &str, help: &str, buckets: &[f64]) -> Option<prometheus::Histogram> {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    created(name, prometheus::Histogram::with_opts(opts))
+}
+
+/// Counts one event in `family` under `labels` (a wrong label count is
+/// ignored rather than a panic).
+pub fn inc(family: &Option<IntCounterVec>, labels: &[&str]) {
+    if let Some(Ok(counter)) = family
+        .as_ref()
+        .map(|f| f.get_metric_with_label_values(labels))
+    {
+        counter.inc();
+    }
+}
+
+/// Observes `value` in `family` under `labels` (as [`inc`]).
+pub fn observe(family: &Option<HistogramVec>, labels: &[&str], value: f64) {
+    if let Some(Ok(h)) = family
+        .as_ref()
+        .map(|f| f.get_metric_with_label_values(labels))
+    {
+        h.observe(value);
+    }
+}
+
+/// The families of the instruments that exist.
+pub fn collect(instruments: &[Option<&dyn Collector>]) -> Vec<MetricFamily> {
+    instruments
+        .iter()
+        .flatten()
+        .flat_map(|c| c.collect())
+        .collect()
 }
 
 /// HTTP requests by method, route template and status, and their latency.
 #[derive(Clone)]
 pub struct HttpMetrics {
-    requests: IntCounterVec,
-    latency: HistogramVec,
+    requests: Option<IntCounterVec>,
+    latency: Option<HistogramVec>,
 }
 
 impl Default for HttpMetrics {
@@ -62,19 +107,15 @@ impl Default for HttpMetrics {
 
 impl HttpMetrics {
     pub fn observe(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        let status = status.to_string();
-        self.requests
-            .with_label_values(&[method, route, &status])
-            .inc();
-        self.latency
-            .with_label_values(&[method, route])
-            .observe(elapsed.as_secs_f64());
+        inc(&self.requests, &[method, route, &status.to_string()]);
+        observe(&self.latency, &[method, route], elapsed.as_secs_f64());
     }
 
     pub fn families(&self) -> Vec<MetricFamily> {
-        let mut families = self.requests.collect();
-        families.extend(self.latency.collect());
-        families
+        collect(&[
+            self.requests.as_ref().map(|c| c as &dyn Collector),
+            self.latency.as_ref().map(|c| c as &dyn Collector),
+        ])
     }
 }
 
@@ -105,7 +146,9 @@ impl Snapshot {
             return;
         };
         for (value_label, value) in values {
-            family.with_label_values(&[value_label]).inc_by(*value);
+            if let Ok(counter) = family.get_metric_with_label_values(&[value_label]) {
+                counter.inc_by(*value);
+            }
         }
         self.families.extend(family.collect());
     }
@@ -116,7 +159,9 @@ impl Snapshot {
             return;
         };
         for (value_label, value) in values {
-            family.with_label_values(&[value_label]).set(*value);
+            if let Ok(gauge) = family.get_metric_with_label_values(&[value_label]) {
+                gauge.set(*value);
+            }
         }
         self.families.extend(family.collect());
     }

@@ -83,16 +83,17 @@ impl LocalEvents {
 
     /// Hands `heard` to this instance's sockets of `record`.
     fn deliver(&self, record: &Id, heard: Heard) {
-        let mut channels = self.lock();
-        // Channels whose sockets are all gone are dropped here.
-        channels.retain(|_, tx| tx.receiver_count() > 0);
-        if let Some(tx) = channels.get(record) {
+        if let Some(tx) = self.lock().get(record) {
             let _ = tx.send(heard);
         }
     }
 
     fn receiver(&self, record: &Id) -> broadcast::Receiver<Heard> {
-        self.lock()
+        let mut channels = self.lock();
+        // Channels whose sockets are all gone are dropped here, where
+        // sockets come and go, not on every event.
+        channels.retain(|_, tx| tx.receiver_count() > 0);
+        channels
             .entry(record.clone())
             .or_insert_with(|| broadcast::channel(EVENT_QUEUE).0)
             .subscribe()

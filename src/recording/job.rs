@@ -205,7 +205,9 @@ async fn finish_ready(inner: &Inner, id: &Id, done: Done, started: Instant) {
         return;
     }
     inner.merges_ready.fetch_add(1, Ordering::Relaxed);
-    inner.merge_seconds.observe(started.elapsed().as_secs_f64());
+    if let Some(histogram) = &inner.merge_seconds {
+        histogram.observe(started.elapsed().as_secs_f64());
+    }
     tracing::info!(
         chunks = done.chunks,
         bytes = done.bytes,

@@ -91,7 +91,7 @@ pub(super) struct Inner {
     /// Recording WebSockets open on this instance.
     pub sockets: std::sync::atomic::AtomicUsize,
     /// Durations of good merges (stop to ready), for `/metrics`.
-    pub merge_seconds: prometheus::Histogram,
+    pub merge_seconds: Option<prometheus::Histogram>,
 }
 
 /// The recordings of this broker; cheap to clone.
@@ -209,13 +209,11 @@ impl Recordings {
     #[tracing::instrument(skip_all, fields(record_id = %record))]
     pub async fn begin_upload(&self, record: &Id) -> Result<Upload, RecordingError> {
         self.available()?;
-        // A cheap refusal first, so unknown ids leave nothing in storage.
-        self.inner.admit(record).await?;
         let lease = ObjectKey::lease(record, &Id::generate());
         self.inner.chunks.put_bytes(&lease, b"").await?;
-        // The check that counts: after the lease, so a stop that changed
-        // the state before this read is seen here, and one after it sees
-        // the lease.
+        // One state read, after the lease: a stop that changed the state
+        // before it is seen here, and one after it sees the lease. A refusal
+        // (unknown, stopped) takes the lease and its folder away again.
         if let Err(e) = self.inner.admit(record).await {
             let _ = self.inner.chunks.delete(&lease).await;
             return Err(e);
@@ -330,8 +328,12 @@ impl Recordings {
 
     /// The merge duration histogram, for `/metrics`.
     pub fn metric_families(&self) -> Vec<prometheus::proto::MetricFamily> {
-        use prometheus::core::Collector as _;
-        self.inner.merge_seconds.collect()
+        use prometheus::core::Collector;
+        crate::metrics::collect(&[self
+            .inner
+            .merge_seconds
+            .as_ref()
+            .map(|c| c as &dyn Collector)])
     }
 
     /// Counts an open recording socket until the guard drops.
@@ -460,15 +462,14 @@ impl Drop for SocketGuard {
     }
 }
 
-fn merge_histogram() -> prometheus::Histogram {
-    let opts = prometheus::HistogramOpts::new(
+fn merge_histogram() -> Option<prometheus::Histogram> {
+    crate::metrics::histogram(
         "rtc_recording_merge_duration_seconds",
         "Good merges, from the stop (or takeover) to ready.",
+        &[
+            0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+        ],
     )
-    .buckets(vec![
-        0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-    ]);
-    prometheus::Histogram::with_opts(opts).expect("metric names are valid constants")
 }
 
 fn encode(record: &Record) -> Result<String, RecordingError> {

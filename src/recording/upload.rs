@@ -88,15 +88,6 @@ impl Upload {
         let _ = self.inner.chunks.delete(&self.lease).await;
         Ok(index)
     }
-
-    /// Bytes received so far.
-    pub fn len(&self) -> usize {
-        self.written
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.written == 0
-    }
 }
 
 impl Drop for Upload {

@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::path_id;
-use crate::auth::{ApiKeys, Management};
+use crate::auth::{bearer, ApiKeys, Management};
 use crate::domain::Id;
 use crate::error::ApiError;
 use crate::extract::OptionalJsonBody;
@@ -52,19 +52,6 @@ async fn start(
         .transpose()?;
     let started = state.recordings.create(session_id).await?;
     Ok(HttpResponse::Created().json(started))
-}
-
-/// The bearer token of a request, if any.
-fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
 }
 
 /// An API key, or an upload token for `record` (header, or `token` for

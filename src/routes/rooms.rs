@@ -1,7 +1,6 @@
 //! Rooms over HTTP: the WebSocket upgrade (`/ws/rooms/{room}`), with every
 //! check done before it, and the management publish and member list.
 
-use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
@@ -37,13 +36,8 @@ struct UpgradeQuery {
 
 /// The bearer token of a WebSocket handshake: header first, then `?token=`.
 fn presented_token(req: &HttpRequest, query: &UpgradeQuery) -> Option<String> {
-    let header = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| t.trim().to_string());
-    header
+    crate::auth::bearer(req)
+        .map(str::to_string)
         .or_else(|| query.token.clone())
         .filter(|t| !t.is_empty())
 }

@@ -265,3 +265,75 @@ async fn missing_ffmpeg_makes_recordings_unavailable_and_the_rest_runs() {
     .await;
     assert_eq!(status, 200, "tokens still work");
 }
+
+/// `too_many_chunks` (409) past `recordings.max_chunks`; nothing stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_past_the_limit_are_refused() {
+    let app = rec_app(Backend::Memory, &[("BROKER__RECORDINGS__MAX_CHUNKS", "2")]).await;
+    let record = app.start().await["record_id"].as_str().unwrap().to_string();
+    assert_eq!(app.chunk(&record, vec![1]).await, 0);
+    assert_eq!(app.chunk(&record, vec![2]).await, 1);
+    let (status, body) = app.chunk_as(&record, API_KEY, vec![3]).await;
+    assert_eq!((status, code(&body)), (409, "too_many_chunks"), "{body}");
+    assert_eq!(stored_chunks(&app.chunk_dir(&record)).len(), 2);
+}
+
+/// A chunk body that does not arrive within `upload_timeout_seconds` is
+/// answered 408 `upload_timeout`, and nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_chunk_body_times_out() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let app = rec_app(
+        Backend::Memory,
+        &[("BROKER__RECORDINGS__UPLOAD_TIMEOUT_SECONDS", "1")],
+    )
+    .await;
+    let record = app.start().await["record_id"].as_str().unwrap().to_string();
+    let addr = app.app.address.trim_start_matches("http://").to_string();
+    let mut socket = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/recordings/{record}/chunks HTTP/1.1\r\nHost: {addr}\r\nX-API-Key: {API_KEY}\r\n\
+         Content-Length: 1000\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(&[7u8; 10]).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut answer))
+        .await
+        .expect("an answer within the timeout")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..read]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("upload_timeout"), "{answer}");
+    assert!(stored_chunks(&app.chunk_dir(&record)).is_empty());
+}
+
+/// The upload token lives `recordings.upload_token_ttl_seconds`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upload_token_lives_its_configured_lifetime() {
+    let app = rec_app(Backend::Memory, &[]).await;
+    let token = app.start().await["upload_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let claims = helpers::jwt_part(&token, 1);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        14_400
+    );
+    assert_eq!(claims["use"], "upload");
+    let app = rec_app(
+        Backend::Memory,
+        &[("BROKER__RECORDINGS__UPLOAD_TOKEN_TTL_SECONDS", "60")],
+    )
+    .await;
+    let token = app.start().await["upload_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let claims = helpers::jwt_part(&token, 1);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        60
+    );
+}

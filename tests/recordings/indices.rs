@@ -123,3 +123,27 @@ async fn a_counter_that_went_backwards_is_repaired() {
     // And it keeps counting from there.
     assert_eq!(app.chunk(&record, unique_chunk(101)).await, 6);
 }
+
+/// The counter and the record live `recordings.retention_hours` in Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_counter_and_the_record_expire_with_the_retention() {
+    let app = rec_app(
+        Backend::Single,
+        &[("BROKER__RECORDINGS__RETENTION_HOURS", "2")],
+    )
+    .await;
+    let record = app.start().await["record_id"].as_str().unwrap().to_string();
+    app.chunk(&record, unique_chunk(0)).await;
+    let prefix = &app.app.prefix;
+    let retention_ms = 2 * 3600 * 1000;
+    for key in [
+        format!("{prefix}recording:{record}:chunk_index"),
+        format!("{prefix}rec:{{{record}}}"),
+    ] {
+        let ttl = app.app.key_ttl_ms(&key).await;
+        assert!(
+            (retention_ms - 60_000..=retention_ms).contains(&ttl),
+            "{key}: PTTL {ttl}"
+        );
+    }
+}

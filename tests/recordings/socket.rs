@@ -33,6 +33,17 @@ async fn open(app: &RecApp, record: &str, query: &str) -> Result<Ws, u16> {
     }
 }
 
+/// A fresh recording and its socket, opened with the upload token.
+async fn recording_socket(app: &RecApp) -> (String, Ws) {
+    let started = app.start().await;
+    let record = started["record_id"].as_str().unwrap().to_string();
+    let token = started["upload_token"].as_str().unwrap();
+    let ws = open(app, &record, &format!("?token={token}"))
+        .await
+        .expect("open");
+    (record, ws)
+}
+
 /// The next text frame as JSON (pings are answered by the library).
 async fn next_json(ws: &mut Ws) -> Value {
     loop {
@@ -69,12 +80,8 @@ async fn record_over_the_socket(backend: Backend) {
     let source = media::continuous_webm(media_dir.path(), 4.0);
     let expected = media::probe_duration(&source);
     let pieces = media::cut_at_offsets(&source, 5);
-    let started = app.start().await;
-    let record = started["record_id"].as_str().unwrap();
-    let token = started["upload_token"].as_str().unwrap();
-    let mut ws = open(&app, record, &format!("?token={token}"))
-        .await
-        .expect("open");
+    let (record, mut ws) = recording_socket(&app).await;
+    let record = record.as_str();
     for (i, piece) in pieces.iter().enumerate() {
         ws.send(Message::Binary(piece.clone().into()))
             .await
@@ -203,4 +210,22 @@ async fn socket_refusals_and_bad_frames() {
         other => panic!("expected close 1009, got {other:?}"),
     }
     assert_eq!(stored_chunks(&app.chunk_dir(record)).len(), 1);
+}
+
+/// A stop with no chunks: the socket hears `recordingError` `no_chunks`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_merge_reaches_the_socket() {
+    let app = rec_app(Backend::Memory, &[]).await;
+    let (record, mut ws) = recording_socket(&app).await;
+    let record = record.as_str();
+    ws.send(Message::Text(r#"{"event":"stop"}"#.into()))
+        .await
+        .unwrap();
+    assert_eq!(next_json(&mut ws).await["event"], "stopped");
+    let (_, done) = until_done(&mut ws).await;
+    assert_eq!(done["event"], "recordingError", "{done}");
+    assert_eq!(
+        (&done["record_id"], &done["error"]),
+        (&record.into(), &"no_chunks".into())
+    );
 }

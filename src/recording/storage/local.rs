@@ -59,8 +59,9 @@ impl LocalDir {
 /// it (a concurrent delete removes folders it emptied).
 const FOLDER_RACE_ATTEMPTS: usize = 8;
 
-/// Runs `op` (a link or rename into `dest`) after creating `dest`'s folder,
-/// again when the folder was removed in between.
+/// Runs `op` (a link or rename into `dest`) after creating `dest`'s folder
+/// (keys are one level deep: the root always exists), again when the folder
+/// was removed in between.
 async fn into_folder<F, Fut>(dest: &Path, mut op: F) -> io::Result<()>
 where
     F: FnMut() -> Fut,
@@ -69,7 +70,14 @@ where
     let mut attempt = 0;
     loop {
         if let Some(dir) = dest.parent() {
-            tokio::fs::create_dir_all(dir).await?;
+            // Not create_dir_all: it re-checks an existing folder with
+            // is_dir(), and a concurrent delete removing it in between
+            // turns into an AlreadyExists error. A folder that vanishes
+            // after this is seen by `op` (NotFound) and retried.
+            match tokio::fs::create_dir(dir).await {
+                Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+                _ => {}
+            }
         }
         match op().await {
             Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < FOLDER_RACE_ATTEMPTS => {
@@ -257,5 +265,43 @@ impl ObjectStore for LocalDir {
         }
         found.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Id;
+
+    /// Leases come and go in one folder from many uploads at once; each
+    /// delete may remove the emptied folder while another put goes in. No
+    /// put may fail for it (this once answered a chunk with 500).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn puts_survive_concurrent_deletes_emptying_their_folder() {
+        let root = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalDir::open(root.path()).unwrap());
+        let record = Id::parse("r1").unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (store, record) = (store.clone(), record.clone());
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..300 {
+                    let lease = ObjectKey::lease(&record, &Id::generate());
+                    store.put_bytes(&lease, b"").await?;
+                    store.delete(&lease).await?;
+                }
+                Ok::<(), super::super::StorageError>(())
+            }));
+        }
+        for task in tasks {
+            task.await
+                .unwrap()
+                .expect("no put fails because a folder vanished");
+        }
+        assert!(store
+            .list(&ObjectKey::leases_of(&record))
+            .await
+            .unwrap()
+            .is_empty());
     }
 }

@@ -55,8 +55,8 @@ struct Shared {
     connected: watch::Sender<bool>,
     scripts: Scripts,
     /// Latency and errors per command, for `/metrics`.
-    latency: prometheus::HistogramVec,
-    errors: prometheus::IntCounterVec,
+    latency: Option<prometheus::HistogramVec>,
+    errors: Option<prometheus::IntCounterVec>,
 }
 
 /// Redis-backed [`Store`]; cheap to clone.
@@ -196,13 +196,11 @@ impl RedisStore {
         let name = op.name();
         let started = std::time::Instant::now();
         let result = self.shared.run(&op).instrument(span.clone()).await;
-        self.shared
-            .latency
-            .with_label_values(&[&name])
-            .observe(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed().as_secs_f64();
+        crate::metrics::observe(&self.shared.latency, &[&name], elapsed);
         if let Err(e) = &result {
             let kind = if e.is_outage() { "outage" } else { "refused" };
-            self.shared.errors.with_label_values(&[&name, kind]).inc();
+            crate::metrics::inc(&self.shared.errors, &[&name, kind]);
             span.in_scope(|| tracing::debug!(error = %e, "Redis operation failed"));
         }
         result
@@ -210,10 +208,11 @@ impl RedisStore {
 
     /// The command latency and error families, for `/metrics`.
     pub fn metric_families(&self) -> Vec<prometheus::proto::MetricFamily> {
-        use prometheus::core::Collector as _;
-        let mut families = self.shared.latency.collect();
-        families.extend(self.shared.errors.collect());
-        families
+        use prometheus::core::Collector;
+        crate::metrics::collect(&[
+            self.shared.latency.as_ref().map(|c| c as &dyn Collector),
+            self.shared.errors.as_ref().map(|c| c as &dyn Collector),
+        ])
     }
 }
 

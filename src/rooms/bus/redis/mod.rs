@@ -362,11 +362,7 @@ impl Bus for RedisBus {
     async fn announce(&self, room: &Id, kind: PresenceKind, member: &str) -> StoreResult<()> {
         let keys = self.names.room(room);
         let payload = serde_json::json!({"p": kind.as_str(), "m": member}).to_string();
-        let cmd = redis::cmd(self.publish_cmd)
-            .arg(&keys.channel)
-            .arg(payload)
-            .clone();
-        self.store.command(cmd).await.map(|_| ())
+        self.pubsub.publish(&keys.channel, payload.as_bytes()).await
     }
 
     async fn presence_join(
