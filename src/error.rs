@@ -64,6 +64,10 @@ pub enum ApiError {
     Publish(#[from] PublishError),
     #[error(transparent)]
     Recording(#[from] RecordingError),
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(std::time::Duration),
+    #[error(transparent)]
+    RateLimited(#[from] crate::ratelimit::Exceeded),
 }
 
 impl ApiError {
@@ -125,6 +129,8 @@ impl ApiError {
                 ("internal_error", C::INTERNAL_SERVER_ERROR)
             }
             Self::Recording(e) => recording_code(e),
+            Self::BodyTimeout(_) => ("request_timeout", C::REQUEST_TIMEOUT),
+            Self::RateLimited(_) => ("rate_limited", C::TOO_MANY_REQUESTS),
         }
     }
 
@@ -187,6 +193,51 @@ fn recording_code(e: &RecordingError) -> (&'static str, StatusCode) {
     }
 }
 
+/// The code of the 416 a download answers for a range outside the file
+/// (written in `routes::recordings`, which adds `Content-Range`).
+pub const RANGE_NOT_SATISFIABLE: &str = "range_not_satisfiable";
+
+/// Every error code the broker answers with, and its status: the enum of
+/// the OpenAPI document's error schema. Keep it in step with
+/// `code_and_status` and `recording_code` (the tests below check both ways).
+pub const ERROR_CODES: &[(&str, StatusCode)] = &[
+    ("invalid_json", StatusCode::BAD_REQUEST),
+    ("invalid_request", StatusCode::BAD_REQUEST),
+    ("invalid_id", StatusCode::BAD_REQUEST),
+    ("invalid_ttl", StatusCode::BAD_REQUEST),
+    ("missing_session_id", StatusCode::BAD_REQUEST),
+    ("missing_token", StatusCode::BAD_REQUEST),
+    ("empty_chunk", StatusCode::BAD_REQUEST),
+    ("unauthorized", StatusCode::UNAUTHORIZED),
+    ("invalid_token", StatusCode::UNAUTHORIZED),
+    ("room_forbidden", StatusCode::FORBIDDEN),
+    ("origin_forbidden", StatusCode::FORBIDDEN),
+    ("room_full", StatusCode::FORBIDDEN),
+    ("recording_forbidden", StatusCode::FORBIDDEN),
+    ("not_found", StatusCode::NOT_FOUND),
+    ("session_not_found", StatusCode::NOT_FOUND),
+    ("member_not_found", StatusCode::NOT_FOUND),
+    ("recording_not_found", StatusCode::NOT_FOUND),
+    ("method_not_allowed", StatusCode::METHOD_NOT_ALLOWED),
+    ("request_timeout", StatusCode::REQUEST_TIMEOUT),
+    ("upload_timeout", StatusCode::REQUEST_TIMEOUT),
+    ("session_exists", StatusCode::CONFLICT),
+    ("member_exists", StatusCode::CONFLICT),
+    ("session_full", StatusCode::CONFLICT),
+    ("recording_not_active", StatusCode::CONFLICT),
+    ("too_many_chunks", StatusCode::CONFLICT),
+    ("no_rtc_token", StatusCode::PRECONDITION_FAILED),
+    ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+    ("chunk_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+    ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
+    (RANGE_NOT_SATISFIABLE, StatusCode::RANGE_NOT_SATISFIABLE),
+    ("rate_limited", StatusCode::TOO_MANY_REQUESTS),
+    ("internal_error", StatusCode::INTERNAL_SERVER_ERROR),
+    ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("overloaded", StatusCode::SERVICE_UNAVAILABLE),
+    ("merge_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+];
+
 /// An error and its causes, one after another, for the log.
 pub fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -217,6 +268,153 @@ impl ResponseError for ApiError {
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.insert_header((header::RETRY_AFTER, RETRY_AFTER_SECS));
         }
+        if let Self::RateLimited(exceeded) = self {
+            for (name, value) in exceeded.headers() {
+                response.insert_header((name, value));
+            }
+        }
         response.json(json!({ "error": code, "detail": detail }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::RateLimitSettings;
+    use crate::domain::Id;
+    use crate::ratelimit::{Exceeded, RateLimiter};
+
+    /// A real refusal of the rate limiter (its fields are its own).
+    async fn exceeded() -> Exceeded {
+        let settings = RateLimitSettings {
+            tokens_per_window: 0,
+            session_writes_per_window: 1,
+            window_seconds: 60,
+            trusted_proxies: vec![],
+        };
+        let limiter = RateLimiter::new(&settings, None).expect("no proxies to parse");
+        let session = Id::parse("s").expect("valid id");
+        let _ = limiter.session_write(&session).await;
+        match limiter.session_write(&session).await {
+            Err(exceeded) => exceeded,
+            Ok(quota) => panic!("the second write of a 1-per-window limit passed: {quota:?}"),
+        }
+    }
+
+    /// At least one error of every variant and every distinct inner case.
+    async fn samples() -> Vec<ApiError> {
+        use RecordingError as R;
+        use SessionError as S;
+        use TokenError as T;
+        let store = || StoreError::unavailable("down");
+        vec![
+            ApiError::InvalidJson("x".into()),
+            ApiError::UnsupportedMediaType,
+            ApiError::PayloadTooLarge(1),
+            ApiError::InvalidRequest("x".into()),
+            ApiError::invalid_id("id")(IdError),
+            ApiError::InvalidTtl(TtlError { max: 1 }),
+            ApiError::MissingSessionId,
+            ApiError::MissingToken,
+            ApiError::Unauthorized,
+            ApiError::NotFound,
+            ApiError::MethodNotAllowed,
+            ApiError::NoPublicKeys,
+            ApiError::Token(T::NoToken),
+            ApiError::Token(T::Invalid("x".into())),
+            ApiError::Token(T::Signing("x".into())),
+            ApiError::Token(T::Store(store())),
+            ApiError::Session(S::NotFound),
+            ApiError::Session(S::Exists),
+            ApiError::Session(S::MemberExists),
+            ApiError::Session(S::MemberNotFound),
+            ApiError::Session(S::TooLarge(1)),
+            ApiError::Session(S::Full(1)),
+            ApiError::Session(S::Contended),
+            ApiError::Session(S::OnlyInRedis),
+            ApiError::Session(S::Corrupt("x".into())),
+            ApiError::Session(S::Store(store())),
+            ApiError::Store(store()),
+            ApiError::Store(StoreError::Timeout(Duration::from_secs(1))),
+            ApiError::Store(StoreError::OutOfMemory("oom".into())),
+            ApiError::Store(StoreError::rejected("no")),
+            ApiError::Overloaded("x".into()),
+            ApiError::RoomForbidden("x".into()),
+            ApiError::OriginForbidden,
+            ApiError::RoomFull,
+            ApiError::Publish(PublishError::Store(store())),
+            ApiError::Publish(PublishError::BufferFull(1)),
+            ApiError::Recording(R::NotFound),
+            ApiError::Recording(R::NotActive),
+            ApiError::Recording(R::EmptyChunk),
+            ApiError::Recording(R::ChunkTooLarge(1)),
+            ApiError::Recording(R::TooManyChunks(1)),
+            ApiError::Recording(R::UploadTimeout(1)),
+            ApiError::Recording(R::Forbidden),
+            ApiError::Recording(R::MergeUnavailable("x".into())),
+            ApiError::Recording(R::OnlyInRedis),
+            ApiError::Recording(R::Contended),
+            ApiError::Recording(R::Corrupt("x".into())),
+            ApiError::Recording(R::Store(store())),
+            ApiError::Recording(R::Storage(std::io::Error::other("x").into())),
+            ApiError::Recording(R::Token(T::Invalid("x".into()))),
+            ApiError::Recording(R::Token(T::NoToken)),
+            ApiError::BodyTimeout(Duration::from_secs(1)),
+            ApiError::RateLimited(exceeded().await),
+        ]
+    }
+
+    /// Fails to compile when a variant is added: give it a sample above.
+    #[allow(dead_code)]
+    fn every_variant_has_a_sample(e: &ApiError) {
+        match e {
+            ApiError::InvalidJson(_)
+            | ApiError::UnsupportedMediaType
+            | ApiError::PayloadTooLarge(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::InvalidId { .. }
+            | ApiError::InvalidTtl(_)
+            | ApiError::MissingSessionId
+            | ApiError::MissingToken
+            | ApiError::Unauthorized
+            | ApiError::NotFound
+            | ApiError::MethodNotAllowed
+            | ApiError::NoPublicKeys
+            | ApiError::Token(_)
+            | ApiError::Session(_)
+            | ApiError::Store(_)
+            | ApiError::Overloaded(_)
+            | ApiError::RoomForbidden(_)
+            | ApiError::OriginForbidden
+            | ApiError::RoomFull
+            | ApiError::Publish(_)
+            | ApiError::Recording(_)
+            | ApiError::BodyTimeout(_)
+            | ApiError::RateLimited(_) => {}
+        }
+    }
+
+    #[tokio::test]
+    async fn error_codes_lists_every_code_with_its_status_and_nothing_else() {
+        let listed: BTreeSet<(&str, u16)> =
+            ERROR_CODES.iter().map(|(c, s)| (*c, s.as_u16())).collect();
+        assert_eq!(listed.len(), ERROR_CODES.len(), "a code is listed twice");
+        let mut produced: BTreeSet<(&str, u16)> = samples()
+            .await
+            .iter()
+            .map(|e| e.code_and_status())
+            .map(|(c, s)| (c, s.as_u16()))
+            .collect();
+        produced.insert((RANGE_NOT_SATISFIABLE, 416));
+        let unlisted: Vec<_> = produced.difference(&listed).collect();
+        let unproduced: Vec<_> = listed.difference(&produced).collect();
+        assert!(unlisted.is_empty(), "not in ERROR_CODES: {unlisted:?}");
+        assert!(
+            unproduced.is_empty(),
+            "listed but never produced: {unproduced:?}"
+        );
     }
 }

@@ -8,6 +8,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use actix_web::dev::Payload;
 use actix_web::http::header::CONTENT_TYPE;
@@ -21,11 +22,13 @@ use crate::error::ApiError;
 /// sees the 413 response; beyond this the connection is dropped.
 const DRAIN_LIMIT: usize = 8 * 1024 * 1024;
 
-/// Size and nesting limits for JSON request bodies.
+/// Size, nesting and time limits for JSON request bodies.
 #[derive(Debug, Clone, Copy)]
 pub struct JsonLimits {
     pub max_bytes: usize,
     pub max_depth: usize,
+    /// Slow bodies: the whole body must arrive within this.
+    pub timeout: Duration,
 }
 
 impl Default for JsonLimits {
@@ -33,6 +36,7 @@ impl Default for JsonLimits {
         Self {
             max_bytes: 64 * 1024,
             max_depth: 32,
+            timeout: Duration::from_secs(15),
         }
     }
 }
@@ -106,7 +110,10 @@ fn read_body(
         .is_some_and(is_json_content_type);
     let mut payload = payload.take();
     async move {
-        let body = read_limited(&mut payload, limits.max_bytes).await?;
+        let body =
+            tokio::time::timeout(limits.timeout, read_limited(&mut payload, limits.max_bytes))
+                .await
+                .map_err(|_| ApiError::BodyTimeout(limits.timeout))??;
         Ok(ReadBody {
             body,
             is_json,

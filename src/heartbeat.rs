@@ -1,6 +1,7 @@
 //! The WebSocket heartbeat the wings share (rooms, recordings): a ping
 //! every interval, and the socket closed once the peer has been silent for
-//! the idle timeout (a pong, or any frame, counts as heard).
+//! the idle timeout (a pong, or any frame, counts as heard); and the close
+//! code for a frame the codec refused.
 
 use std::time::{Duration, Instant};
 
@@ -43,5 +44,17 @@ impl Heartbeat {
         } else {
             Beat::Ping
         }
+    }
+}
+
+/// The close for a frame the WebSocket codec refused: 1007 for a text
+/// frame that is not UTF-8 (RFC 6455 section 7.4.1; actix-ws reports it as
+/// an `InvalidData` I/O error), 1002 for anything else.
+pub fn protocol_close(error: &actix_ws::ProtocolError) -> (actix_ws::CloseCode, &'static str) {
+    match error {
+        actix_ws::ProtocolError::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            (actix_ws::CloseCode::Invalid, "text frame is not UTF-8")
+        }
+        _ => (actix_ws::CloseCode::Protocol, "protocol error"),
     }
 }

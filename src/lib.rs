@@ -10,11 +10,12 @@
 //! shedding), `shutdown`, `rooms` (WebSocket rooms and their bus between
 //! instances), `recording` (chunk uploads, indices, merges, downloads),
 //! `pubsub` (the Redis subscriber the wings share), `origins` (the allowed
-//! browser origins).
+//! browser origins), `cors` (the HTTP side of that list), `ratelimit` (limits per client IP and per session).
 
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod cors;
 pub mod domain;
 pub mod drill;
 pub mod error;
@@ -26,6 +27,7 @@ pub mod migration;
 pub mod origins;
 pub mod overload;
 pub mod pubsub;
+pub mod ratelimit;
 pub mod recording;
 pub mod rooms;
 pub mod routes;

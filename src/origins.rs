@@ -1,6 +1,9 @@
 //! The one list of browser origins allowed to call the broker
-//! (`cors.allowed_origins`): the WebSocket `Origin` check uses it now, the
-//! HTTP CORS layer will use the same.
+//! (`cors.allowed_origins`), used by the WebSocket `Origin` check and the
+//! HTTP CORS layer (`cors`). A page served by the broker itself (same
+//! origin as the request's `Host`, e.g. the console) is always allowed.
+
+use actix_web::http::header::{self, HeaderMap};
 
 use crate::config::RunEnv;
 
@@ -37,19 +40,36 @@ impl AllowedOrigins {
         }
     }
 
-    /// The check of a WebSocket handshake: its `Origin` header (one that is
-    /// not text counts as not allowed).
+    /// Whether a request with these headers may proceed: its `Origin` (one
+    /// that is not text counts as not allowed) is listed, or is the
+    /// broker's own (same scheme-less authority as `Host`).
+    pub fn admits(&self, origin: Option<&str>, headers: &HeaderMap) -> bool {
+        self.allows(origin) || origin.is_some_and(|o| same_origin(o, headers))
+    }
+
+    /// The check of a WebSocket handshake (403 `origin_forbidden`).
     pub fn check(&self, req: &actix_web::HttpRequest) -> Result<(), crate::error::ApiError> {
         let origin = req
             .headers()
-            .get(actix_web::http::header::ORIGIN)
+            .get(header::ORIGIN)
             .map(|v| v.to_str().unwrap_or("\u{0}"));
-        if self.allows(origin) {
+        if self.admits(origin, req.headers()) {
             Ok(())
         } else {
             Err(crate::error::ApiError::OriginForbidden)
         }
     }
+}
+
+/// `https://host:port` against the request's `Host: host:port`.
+fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|a| !a.is_empty() && a.eq_ignore_ascii_case(host.trim()))
 }
 
 #[cfg(test)]

@@ -28,7 +28,7 @@ use tokio::sync::{Semaphore, SemaphorePermit};
 use crate::error::ApiError;
 
 /// Paths that are never shed.
-const EXEMPT: &[&str] = &["/health/live", "/health/ready", "/api/health"];
+pub(crate) const EXEMPT: &[&str] = &["/health/live", "/health/ready", "/api/health"];
 
 /// Shortest interval between two "overloaded" warnings.
 const WARN_EVERY: Duration = Duration::from_secs(10);

@@ -13,6 +13,7 @@ use actix_web::{web, App, HttpServer};
 
 use crate::auth::ApiKeys;
 use crate::config::{Settings, SettingsError, MIN_TOKEN_SECRET_BYTES};
+use crate::cors;
 use crate::domain::Ttl;
 use crate::extract::JsonLimits;
 use crate::health::Lifecycle;
@@ -20,6 +21,7 @@ use crate::migration::DomainReconcile;
 use crate::origins::AllowedOrigins;
 use crate::overload::{self, InflightLimit};
 use crate::pubsub::PubSub;
+use crate::ratelimit::RateLimiter;
 use crate::recording::Recordings;
 use crate::rooms::Rooms;
 use crate::routes;
@@ -27,7 +29,7 @@ use crate::sessions::SessionService;
 use crate::state::{AppState, FieldLimits};
 use crate::store::{DiskJournal, FallbackStore, MemoryStore, RedisStore, Store};
 use crate::telemetry;
-use crate::tokens::{KeyError, SigningKeys, TokenService};
+use crate::tokens::{KeyError, Revocations, SigningKeys, TokenService};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +118,8 @@ impl Application {
             key: "sessions.default_ttl_seconds",
             reason: e.to_string(),
         })?;
-        let tokens = TokenService::new(keys, store.clone(), &settings.tokens);
+        let revocations = Revocations::start(redis.clone());
+        let tokens = TokenService::new(keys, store.clone(), revocations, &settings.tokens);
         let recordings = Recordings::start(
             &settings.recordings,
             store.clone(),
@@ -131,6 +134,12 @@ impl Application {
         if recordings.available().is_err() {
             warnings.push("merge_unavailable");
         }
+        let rate_limit = RateLimiter::new(&settings.rate_limit, redis.clone()).map_err(|e| {
+            SettingsError::Invalid {
+                key: "rate_limit.trusted_proxies",
+                reason: e.to_string(),
+            }
+        })?;
         let state = AppState {
             tokens,
             sessions: SessionService::new(
@@ -144,6 +153,7 @@ impl Application {
             pubsub: pubsub.clone(),
             rooms,
             recordings,
+            rate_limit,
             lifecycle: Arc::new(Lifecycle::new(settings.server.server_id.clone())),
             warnings: Arc::new(warnings),
             limits,
@@ -273,12 +283,14 @@ fn http_server(
     let json_limits = JsonLimits {
         max_bytes: settings.limits.json_body_bytes,
         max_depth: settings.limits.json_max_depth,
+        timeout: Duration::from_millis(settings.server.body_timeout_ms),
     };
     let api_keys = ApiKeys::new(&settings.auth.api_keys);
     let origins = web::Data::new(AllowedOrigins::new(
         &settings.cors.allowed_origins,
         settings.run_env,
     ));
+    let max_age = cors::PreflightMaxAge(settings.cors.max_age_seconds);
     // One limit for the instance, not one per worker.
     let inflight = InflightLimit::new(
         settings.server.max_inflight_requests,
@@ -291,11 +303,14 @@ fn http_server(
             .app_data(json_limits)
             .app_data(api_keys.clone())
             .app_data(origins.clone())
+            .app_data(max_age)
             .app_data(inflight.clone())
             .app_data(http_metrics.clone())
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
             .wrap(routes::json_method_not_allowed())
+            .wrap(from_fn(routes::refuse_stray_upgrade))
+            .wrap(from_fn(cors::cors))
             .wrap(from_fn(telemetry::trace_request))
             // Outermost: a shed request costs no span and no log line.
             .wrap(from_fn(overload::shed_overload))
@@ -303,6 +318,14 @@ fn http_server(
     // Small WebSocket frames and responses go out at once, not after the
     // peer's delayed ACK (Nagle's algorithm is on by default in actix).
     .tcp_nodelay(true)
+    // Slowloris: a head that has not arrived in time is answered 408 and
+    // its connection closed.
+    .client_request_timeout(Duration::from_millis(
+        settings.server.client_request_timeout_ms,
+    ))
+    .client_disconnect_timeout(Duration::from_millis(
+        settings.server.client_disconnect_timeout_ms,
+    ))
     .listen(listener)?
     .disable_signals()
     .shutdown_timeout(settings.server.shutdown_timeout_seconds);

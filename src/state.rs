@@ -23,6 +23,7 @@ pub struct AppState {
     pub pubsub: Option<PubSub>,
     pub rooms: Rooms,
     pub recordings: Recordings,
+    pub rate_limit: crate::ratelimit::RateLimiter,
     pub lifecycle: Arc<Lifecycle>,
     /// Start-up conditions operators should know about (e.g. the public
     /// development secret), listed in `/api/health`.

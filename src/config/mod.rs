@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 
 use legacy::LegacyEnv;
 pub use sections::{
-    AuthSettings, CorsSettings, HostPort, LimitSettings, LogFormat, LogSettings,
+    AuthSettings, CorsSettings, HostPort, LimitSettings, LogFormat, LogSettings, RateLimitSettings,
     RecordingsSettings, RedisMode, RedisSettings, RoomsSettings, ServerSettings, SessionSettings,
     StorageSettings, TokenSettings,
 };
@@ -30,6 +30,11 @@ pub use validate::MIN_TOKEN_SECRET_BYTES;
 
 /// The embedded defaults: the broker needs no file on disk to run.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// The production defaults (e.g. the token rate limit), embedded as well so
+/// they hold wherever the binary runs; `config/production.toml` on disk is
+/// read again after them.
+pub const PRODUCTION_TOML: &str = include_str!("../../config/production.toml");
 
 /// The publicly known HS256 secret used in development when none is set, so
 /// several local instances agree on signatures. Production refuses it.
@@ -43,6 +48,7 @@ const LIST_KEYS: &[&str] = &[
     "tokens.previous_secrets",
     "tokens.public_key_paths",
     "cors.allowed_origins",
+    "rate_limit.trusted_proxies",
 ];
 
 /// A configuration that cannot be served; its `Display` is the one line
@@ -108,6 +114,7 @@ pub struct Settings {
     pub rooms: RoomsSettings,
     pub recordings: RecordingsSettings,
     pub cors: CorsSettings,
+    pub rate_limit: RateLimitSettings,
     pub log: LogSettings,
 }
 
@@ -146,8 +153,13 @@ impl Settings {
             environment = environment.with_list_parse_key(key);
         }
 
+        let production = match run_env {
+            RunEnv::Production => PRODUCTION_TOML,
+            RunEnv::Development => "",
+        };
         let config = Config::builder()
             .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .add_source(File::from_str(production, FileFormat::Toml))
             .add_source(
                 File::from(env_file)
                     .format(FileFormat::Toml)
@@ -336,6 +348,28 @@ mod tests {
         .unwrap();
         assert_eq!(s.run_env, RunEnv::Production);
         assert!(s.tokens.weak_secret_keys().is_empty());
+    }
+
+    #[test]
+    fn production_limits_token_issuance_like_the_node_deployments() {
+        let production = [
+            ("RUN_ENV", "production"),
+            ("API_KEYS", "k"),
+            ("TOKEN_SECRET", PRODUCTION_SECRET),
+        ];
+        let s = load(&production).unwrap();
+        assert_eq!(
+            (s.rate_limit.tokens_per_window, s.rate_limit.window_seconds),
+            (20, 900)
+        );
+        assert_eq!(load(&[]).unwrap().rate_limit.tokens_per_window, 0);
+        let mut off = production.to_vec();
+        off.push(("BROKER__RATE_LIMIT__TOKENS_PER_WINDOW", "0"));
+        assert_eq!(load(&off).unwrap().rate_limit.tokens_per_window, 0);
+        let err = load(&[("BROKER__RATE_LIMIT__TRUSTED_PROXIES", "10.0.0.0/8,proxy")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("rate_limit.trusted_proxies"), "{err}");
     }
 
     #[test]

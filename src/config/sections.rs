@@ -22,6 +22,12 @@ pub struct ServerSettings {
     pub shutdown_timeout_seconds: u64,
     pub max_inflight_requests: usize,
     pub overload_wait_ms: u64,
+    /// Slow headers: the request head must arrive within this (else 408).
+    pub client_request_timeout_ms: u64,
+    /// How long a closing connection may take to be shut down.
+    pub client_disconnect_timeout_ms: u64,
+    /// Slow bodies: a JSON body must arrive within this (else 408).
+    pub body_timeout_ms: u64,
 }
 
 /// Request size limits that protect the broker from oversized input.
@@ -167,6 +173,9 @@ pub struct TokenSettings {
     pub previous_secrets: Vec<SecretString>,
     pub private_key_path: String,
     pub public_key_paths: Vec<String>,
+    /// Unix seconds after which previous keys no longer verify and leave
+    /// the JWKS; 0 = until removed from the configuration.
+    pub previous_keys_valid_until: u64,
     pub issuer: String,
     pub audience: String,
     pub default_ttl_seconds: u64,
@@ -266,11 +275,25 @@ fn dir_or_temp(dir: &str, leaf: &str) -> std::path::PathBuf {
     }
 }
 
-/// Which browser origins may call the broker: the WebSocket `Origin` check
-/// now, the HTTP CORS layer later (one list for both).
+/// Which browser origins may call the broker: the HTTP CORS layer and the
+/// WebSocket `Origin` check (one list for both).
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct CorsSettings {
     pub allowed_origins: Vec<String>,
+    pub max_age_seconds: u64,
+}
+
+/// Rate limits (SPEC section 9), counted in Redis across instances.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct RateLimitSettings {
+    /// Token issuances per client IP per window; 0 = off.
+    pub tokens_per_window: u64,
+    /// Management writes per session id per window (token issuance and
+    /// session writes); 0 = off.
+    pub session_writes_per_window: u64,
+    pub window_seconds: u64,
+    /// Peers (IPs or CIDRs) whose `X-Forwarded-For` names the client.
+    pub trusted_proxies: Vec<String>,
 }
 
 /// Log output format.

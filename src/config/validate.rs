@@ -60,6 +60,11 @@ impl Settings {
             return Err(invalid("limits.json_max_depth", "must be at least 1"));
         }
         self.validate_rooms()?;
+        if self.rate_limit.window_seconds == 0 {
+            return Err(invalid("rate_limit.window_seconds", "must be at least 1"));
+        }
+        crate::ratelimit::TrustedProxies::parse(&self.rate_limit.trusted_proxies)
+            .map_err(|e| invalid("rate_limit.trusted_proxies", e.to_string()))?;
         self.validate_recordings()?;
         if self.storage.sweep_interval_ms == 0 {
             return Err(invalid("storage.sweep_interval_ms", "must be at least 1"));

@@ -54,6 +54,23 @@ impl Serialize for Id {
     }
 }
 
+/// Ids in the OpenAPI document: the form `parse` accepts.
+impl utoipa::PartialSchema for Id {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .min_length(Some(1))
+            .max_length(Some(MAX_ID_LEN))
+            .pattern(Some(r"^(?!\.$)(?!.*\.\.)[A-Za-z0-9_.:-]+$"))
+            .description(Some(
+                "1-128 characters of [A-Za-z0-9_.:-], not `.` and not containing `..`",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Id {}
+
 impl<'de> serde::Deserialize<'de> for Id {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::domain::Id;
 
 /// Where a recording is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordState {
     Recording,

@@ -34,7 +34,8 @@ const MAX_UPDATE_ATTEMPTS: u32 = 32;
 const CACHE_CAPACITY: usize = 10_000;
 
 /// What `POST /api/recordings` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RecordingStarted)]
 pub struct Started {
     pub record_id: Id,
     pub state: RecordState,
@@ -43,7 +44,8 @@ pub struct Started {
 }
 
 /// What `GET /api/recordings/{id}/status` answers.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = RecordingStatus)]
 pub struct Status {
     pub record_id: Id,
     pub state: RecordState,
@@ -57,7 +59,7 @@ pub struct Status {
 }
 
 /// Counts for health and metrics (since start).
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct RecordingStats {
     pub chunks_stored: u64,
     pub bytes_stored: u64,

@@ -139,7 +139,8 @@ impl Socket {
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "WebSocket protocol error");
-                Some(End::Close(CloseCode::Protocol, "protocol error"))
+                let (code, reason) = crate::heartbeat::protocol_close(&e);
+                Some(End::Close(code, reason))
             }
             Some(Ok(AggregatedMessage::Ping(bytes))) => {
                 self.session.pong(&bytes).await.err().map(|_| End::Gone)

@@ -39,7 +39,7 @@ use crate::pubsub::PubSub;
 use crate::store::{RedisStore, StoreResult};
 
 /// Counts for health and the README's operations section.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct RoomStats {
     /// Rooms with members on this instance.
     pub rooms: usize,

@@ -37,6 +37,7 @@ impl ClientFrame {
         let limits = JsonLimits {
             max_bytes: text.len().max(1),
             max_depth,
+            ..JsonLimits::default()
         };
         let raw: RawFrame = parse_json(text.as_bytes(), limits)
             .map_err(|e| FrameError(format!("not a frame of this protocol: {e}")))?;

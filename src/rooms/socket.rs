@@ -184,7 +184,8 @@ impl Socket {
             }
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "WebSocket protocol error");
-                return Some(End::Close(CloseCode::Protocol, "protocol error"));
+                let (code, reason) = crate::heartbeat::protocol_close(&e);
+                return Some(End::Close(code, reason));
             }
             Some(Ok(message)) => message,
         };

@@ -1,16 +1,19 @@
 //! `/api/health`, `/health/live`, `/health/ready` and `/api/storage/status`.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
+use super::RouteTable;
 use crate::state::AppState;
 use crate::store::StorageKind;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/health").route(web::get().to(health)))
-        .service(web::resource("/health/live").route(web::get().to(live)))
-        .service(web::resource("/health/ready").route(web::get().to(ready)))
-        .service(web::resource("/api/storage/status").route(web::get().to(storage_status)));
+pub(super) fn configure(t: &mut RouteTable) {
+    t.at("/api/health").route(Method::GET, health);
+    t.at("/health/live").route(Method::GET, live);
+    t.at("/health/ready").route(Method::GET, ready);
+    t.at("/api/storage/status")
+        .route(Method::GET, storage_status);
 }
 
 async fn health(state: web::Data<AppState>) -> HttpResponse {

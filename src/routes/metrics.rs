@@ -1,14 +1,16 @@
 //! `GET /metrics`: Prometheus text, the families of SPEC section 8 (see
 //! `crate::metrics` for how they are gathered).
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use super::RouteTable;
 use crate::metrics::{HttpMetrics, Snapshot};
 use crate::state::AppState;
 use crate::store::StorageKind;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/metrics").route(web::get().to(metrics)));
+pub(super) fn configure(t: &mut RouteTable) {
+    t.at("/metrics").route(Method::GET, metrics);
 }
 
 async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
@@ -19,6 +21,7 @@ async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     storage(&mut s, &state);
     rooms(&mut s, &state);
     recordings(&mut s, &state);
+    access(&mut s, &state);
     HttpResponse::Ok()
         .content_type(prometheus::TEXT_FORMAT)
         .body(s.render())
@@ -126,4 +129,18 @@ fn recordings(s: &mut Snapshot, state: &AppState) {
         &[("ready", r.merges_ready), ("failed", r.merges_failed)],
     );
     s.extend(state.recordings.metric_families());
+}
+
+fn access(s: &mut Snapshot, state: &AppState) {
+    s.counters(
+        "rtc_rate_limited_total",
+        "Requests refused 429 rate_limited, by policy.",
+        "policy",
+        &state.rate_limit.refused(),
+    );
+    s.gauge(
+        "rtc_revocations_known",
+        "Live token revocations in this instance's local copy.",
+        state.tokens.revocations().len() as i64,
+    );
 }

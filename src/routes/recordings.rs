@@ -4,13 +4,13 @@
 //! token, which is what lets a browser record without holding a key.
 
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::http::StatusCode;
+use actix_web::http::{Method, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::path_id;
+use super::{path_id, RouteTable};
 use crate::auth::{bearer, ApiKeys, Management};
 use crate::domain::Id;
 use crate::error::ApiError;
@@ -22,17 +22,17 @@ use crate::state::AppState;
 /// How much of a refused chunk is still read so the client sees the answer.
 const DRAIN_LIMIT: usize = 32 * 1024 * 1024;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/recordings").route(web::post().to(start)))
-        .service(web::resource("/api/recordings/{id}/chunks").route(web::post().to(chunk)))
-        .service(web::resource("/api/recordings/{id}/stop").route(web::post().to(stop)))
-        .service(web::resource("/api/recordings/{id}/status").route(web::get().to(status)))
-        .service(web::resource("/ws/recordings/{id}").route(web::get().to(socket)))
-        .service(
-            web::resource("/recordings/download/{key}")
-                .route(web::get().to(download))
-                .route(web::head().to(download)),
-        );
+pub(super) fn configure(t: &mut RouteTable) {
+    t.at("/api/recordings").route(Method::POST, start);
+    t.at("/api/recordings/{id}/chunks")
+        .route(Method::POST, chunk);
+    t.at("/api/recordings/{id}/stop").route(Method::POST, stop);
+    t.at("/api/recordings/{id}/status")
+        .route(Method::GET, status);
+    t.at("/ws/recordings/{id}").route(Method::GET, socket);
+    t.at("/recordings/download/{key}")
+        .route(Method::GET, download)
+        .route(Method::HEAD, download);
 }
 
 #[derive(Deserialize)]
@@ -253,7 +253,7 @@ async fn download(
             return Ok(HttpResponse::build(StatusCode::RANGE_NOT_SATISFIABLE)
                 .insert_header((header::CONTENT_RANGE, format!("bytes */{}", meta.size)))
                 .json(json!({
-                    "error": "range_not_satisfiable",
+                    "error": crate::error::RANGE_NOT_SATISFIABLE,
                     "detail": format!("the file has {} bytes", meta.size),
                 })));
         }

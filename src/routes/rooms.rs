@@ -1,12 +1,13 @@
 //! Rooms over HTTP: the WebSocket upgrade (`/ws/rooms/{room}`), with every
 //! check done before it, and the management publish and member list.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::json;
 use serde_json::value::RawValue;
 
-use super::{path_id, text_field};
+use super::{path_id, text_field, RouteTable};
 use crate::auth::Management;
 use crate::domain::Id;
 use crate::error::ApiError;
@@ -21,10 +22,12 @@ const MAX_FROM_CHARS: usize = 256;
 /// Longest epoch a resuming client may send (ours are 12 characters).
 const MAX_EPOCH_CHARS: usize = 64;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/ws/rooms/{room}").route(web::get().to(upgrade)))
-        .service(web::resource("/api/rooms/{room}/publish").route(web::post().to(publish)))
-        .service(web::resource("/api/rooms/{room}/members").route(web::get().to(members)));
+pub(super) fn configure(t: &mut RouteTable) {
+    t.at("/ws/rooms/{room}").route(Method::GET, upgrade);
+    t.at("/api/rooms/{room}/publish")
+        .route(Method::POST, publish);
+    t.at("/api/rooms/{room}/members")
+        .route(Method::GET, members);
 }
 
 #[derive(Deserialize)]

@@ -1,10 +1,11 @@
 //! `/api/sessions`: records with metadata, members and a sliding TTL.
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::Method;
+use actix_web::{web, HttpResponse, HttpResponseBuilder};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::{path_id, text_field};
+use super::{path_id, text_field, RouteTable};
 use crate::auth::Management;
 use crate::domain::{Id, Ttl};
 use crate::error::ApiError;
@@ -15,19 +16,32 @@ use crate::state::AppState;
 const MAX_DISPLAY_NAME_CHARS: usize = 256;
 const MAX_ROLE_CHARS: usize = 64;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/sessions").route(web::post().to(create)))
-        .service(
-            web::resource("/api/sessions/{id}")
-                .route(web::get().to(get))
-                .route(web::patch().to(patch)),
-        )
-        .service(web::resource("/api/sessions/{id}/members").route(web::post().to(add_member)))
-        .service(
-            web::resource("/api/sessions/{id}/members/{member_id}")
-                .route(web::delete().to(remove_member)),
-        )
-        .service(web::resource("/api/sessions/{id}/end").route(web::post().to(end)));
+pub(super) fn configure(t: &mut RouteTable) {
+    t.at("/api/sessions").route(Method::POST, create);
+    t.at("/api/sessions/{id}")
+        .route(Method::GET, get)
+        .route(Method::PATCH, patch);
+    t.at("/api/sessions/{id}/members")
+        .route(Method::POST, add_member);
+    t.at("/api/sessions/{id}/members/{member_id}")
+        .route(Method::DELETE, remove_member);
+    t.at("/api/sessions/{id}/end").route(Method::POST, end);
+}
+
+/// Counts a write for the session (429 `rate_limited` past
+/// `rate_limit.session_writes_per_window`) and starts the answer with the
+/// quota's `RateLimit-*` headers.
+async fn counted(
+    state: &AppState,
+    id: Option<&Id>,
+    mut response: HttpResponseBuilder,
+) -> Result<HttpResponseBuilder, ApiError> {
+    if let Some(id) = id {
+        if let Some(quota) = state.rate_limit.session_write(id).await? {
+            quota.insert_into(&mut response);
+        }
+    }
+    Ok(response)
 }
 
 #[derive(Deserialize)]
@@ -50,6 +64,8 @@ async fn create(
         .ttl_seconds
         .map(|v| Ttl::from_json(&v, state.limits.session_max_ttl))
         .transpose()?;
+    // A generated id is new: only a chosen one can be written to repeatedly.
+    let mut response = counted(&state, session_id.as_ref(), HttpResponse::Created()).await?;
     let record = state
         .sessions
         .create(NewSession {
@@ -58,7 +74,7 @@ async fn create(
             metadata: body.metadata.unwrap_or_default(),
         })
         .await?;
-    Ok(HttpResponse::Created().json(record))
+    Ok(response.json(record))
 }
 
 async fn get(
@@ -81,7 +97,8 @@ async fn patch(
     JsonBody(body): JsonBody<PatchBody>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("session_id", &path)?;
-    Ok(HttpResponse::Ok().json(state.sessions.patch(&id, body.metadata).await?))
+    let mut response = counted(&state, Some(&id), HttpResponse::Ok()).await?;
+    Ok(response.json(state.sessions.patch(&id, body.metadata).await?))
 }
 
 #[derive(Deserialize)]
@@ -109,8 +126,9 @@ async fn add_member(
             .map(|r| text_field("role", r, MAX_ROLE_CHARS))
             .transpose()?,
     };
+    let mut response = counted(&state, Some(&id), HttpResponse::Created()).await?;
     let record = state.sessions.add_member(&id, member).await?;
-    Ok(HttpResponse::Created().json(record))
+    Ok(response.json(record))
 }
 
 async fn remove_member(
@@ -120,7 +138,8 @@ async fn remove_member(
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("session_id", &path.0)?;
     let member_id = path_id("member_id", &path.1)?;
-    Ok(HttpResponse::Ok().json(state.sessions.remove_member(&id, &member_id).await?))
+    let mut response = counted(&state, Some(&id), HttpResponse::Ok()).await?;
+    Ok(response.json(state.sessions.remove_member(&id, &member_id).await?))
 }
 
 /// Ends a session: its token is revoked, then the record deleted. In that
@@ -133,8 +152,9 @@ async fn end(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     let id = path_id("session_id", &path)?;
+    let mut response = counted(&state, Some(&id), HttpResponse::Ok()).await?;
     state.sessions.ensure_exists(&id).await?;
     state.tokens.revoke(&id).await?;
     state.sessions.end(&id).await?;
-    Ok(HttpResponse::Ok().json(json!({ "summary": "ended" })))
+    Ok(response.json(json!({ "summary": "ended" })))
 }

@@ -1,10 +1,11 @@
 //! `/api/voice/token`, `/api/tokens/verify` and `/.well-known/jwks.json`.
 
-use actix_web::{web, HttpResponse};
+use actix_web::http::Method;
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{path_id, text_field};
+use super::{path_id, text_field, RouteTable};
 use crate::auth::Management;
 use crate::domain::{Id, Ttl};
 use crate::error::ApiError;
@@ -15,15 +16,15 @@ use crate::tokens::{Grants, IssueRequest};
 /// Longest accepted `identity` (the token's `sub`).
 const MAX_IDENTITY_CHARS: usize = 256;
 
-pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/api/voice/token").route(web::post().to(issue)))
-        .service(
-            web::resource("/api/voice/token/{session_id}")
-                .route(web::get().to(fetch))
-                .route(web::delete().to(revoke)),
-        )
-        .service(web::resource("/api/tokens/verify").route(web::post().to(verify)))
-        .service(web::resource("/.well-known/jwks.json").route(web::get().to(jwks)));
+pub(super) fn configure(t: &mut RouteTable) {
+    t.at("/api/voice/token").route(Method::POST, issue);
+    t.at("/api/voice/token/{session_id}")
+        .route(Method::GET, fetch)
+        .route(Method::DELETE, revoke);
+    t.at("/api/tokens/verify").route(Method::POST, verify);
+    t.at("/api/tokens/revoke")
+        .route(Method::POST, revoke_presented);
+    t.at("/.well-known/jwks.json").route(Method::GET, jwks);
 }
 
 /// The wire form of a token request; every field is checked in `parse`.
@@ -78,12 +79,21 @@ fn parse_grants(value: Option<Value>) -> Result<Grants, ApiError> {
 
 async fn issue(
     _: Management,
+    req: HttpRequest,
     state: web::Data<AppState>,
     JsonBody(body): JsonBody<IssueBody>,
 ) -> Result<HttpResponse, ApiError> {
     let request = body.parse(&state)?;
+    let quota = state
+        .rate_limit
+        .token_issue(&req, &request.session_id)
+        .await?;
     let issued = state.tokens.issue(request).await?;
-    Ok(HttpResponse::Ok().json(json!({
+    let mut response = HttpResponse::Ok();
+    if let Some(quota) = quota {
+        quota.insert_into(&mut response);
+    }
+    Ok(response.json(json!({
         "rtc_token": issued.rtc_token,
         "session_id": issued.session_id,
         "identity": issued.identity,
@@ -117,16 +127,35 @@ struct VerifyBody {
     token: Option<String>,
 }
 
+impl VerifyBody {
+    /// The presented token; 400 `missing_token` when absent or empty.
+    fn token(self) -> Result<String, ApiError> {
+        self.token
+            .filter(|t| !t.is_empty())
+            .ok_or(ApiError::MissingToken)
+    }
+}
+
 async fn verify(
     state: web::Data<AppState>,
     JsonBody(body): JsonBody<VerifyBody>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = body
-        .token
-        .filter(|t| !t.is_empty())
-        .ok_or(ApiError::MissingToken)?;
+    let token = body.token()?;
     let claims = state.tokens.verify(&token).await?;
     Ok(HttpResponse::Ok().json(json!({ "valid": true, "claims": claims })))
+}
+
+/// Revokes any token of ours (RTC or upload) by its `jti`, e.g. a leaked
+/// one, until it would have expired. 204; 401 `invalid_token` for a token
+/// that does not verify (nothing to revoke).
+async fn revoke_presented(
+    _: Management,
+    state: web::Data<AppState>,
+    JsonBody(body): JsonBody<VerifyBody>,
+) -> Result<HttpResponse, ApiError> {
+    let token = body.token()?;
+    state.tokens.revoke_token(&token).await?;
+    Ok(HttpResponse::NoContent().finish())
 }
 
 async fn jwks(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

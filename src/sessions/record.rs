@@ -4,7 +4,7 @@ use serde_json::{Map, Value};
 use crate::domain::Id;
 
 /// A session as stored and as returned on the wire (SPEC section 5).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SessionRecord {
     pub session_id: Id,
     pub created_at: u64,
@@ -17,7 +17,7 @@ pub struct SessionRecord {
 }
 
 /// One participant of a session.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Member {
     pub member_id: Id,
     pub display_name: String,

@@ -134,7 +134,7 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Which kind of storage is serving right now.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StorageKind {
     Memory,
@@ -189,7 +189,7 @@ impl Migrated {
 
 /// Counts of records moved from memory back to Redis after an outage, one
 /// per [`KeyKind`].
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, utoipa::ToSchema)]
 pub struct Migrated {
     pub tokens: u64,
     pub sessions: u64,

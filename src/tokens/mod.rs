@@ -2,10 +2,13 @@
 //! fetches, revokes and verifies them.
 
 mod claims;
+mod keyfile;
+mod revocations;
 mod service;
 mod signing;
 
 pub use claims::{Claims, Grants, StoredClaims, UploadClaims, UPLOAD_USE};
+pub use revocations::{Revocations, SYNC_EVERY};
 pub use service::{
     revocation, stored_claims, IssueRequest, IssuedToken, StoredToken, TokenService,
 };

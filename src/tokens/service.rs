@@ -4,7 +4,9 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::claims::RawStoredClaims;
-use super::{Claims, Grants, SigningKeys, StoredClaims, TokenError, UploadClaims, UPLOAD_USE};
+use super::{
+    Claims, Grants, Revocations, SigningKeys, StoredClaims, TokenError, UploadClaims, UPLOAD_USE,
+};
 use crate::clock::unix_now;
 use crate::config::TokenSettings;
 use crate::domain::{Id, Ttl};
@@ -46,6 +48,7 @@ pub struct StoredToken {
 pub struct TokenService {
     keys: Arc<SigningKeys>,
     store: Arc<dyn Store>,
+    revocations: Revocations,
     issuer: String,
     audience: String,
     leeway: u64,
@@ -53,10 +56,16 @@ pub struct TokenService {
 
 impl TokenService {
     /// Issuer, audience and leeway come from `settings`; the store is shared with sessions.
-    pub fn new(keys: Arc<SigningKeys>, store: Arc<dyn Store>, settings: &TokenSettings) -> Self {
+    pub fn new(
+        keys: Arc<SigningKeys>,
+        store: Arc<dyn Store>,
+        revocations: Revocations,
+        settings: &TokenSettings,
+    ) -> Self {
         Self {
             keys,
             store,
+            revocations,
             issuer: settings.issuer.clone(),
             audience: settings.audience.clone(),
             leeway: settings.leeway_seconds,
@@ -134,10 +143,8 @@ impl TokenService {
             }
             return Ok(());
         };
-        if let Some((revoked, ttl)) =
-            stored_claims(&token).and_then(|c| revocation(&c, self.leeway))
-        {
-            self.store.set(&revoked, "1", ttl).await?;
+        if let Some(claims) = stored_claims(&token) {
+            self.write_revocation(&claims).await?;
         }
         // Only remove the token we revoked: a newer one issued meanwhile stays.
         self.store
@@ -180,8 +187,42 @@ impl TokenService {
         Ok(claims)
     }
 
+    /// Revokes a presented token (one of ours, RTC or upload) until it
+    /// would have expired; its stored copy, if any, is left to expire.
+    #[tracing::instrument(skip_all)]
+    pub async fn revoke_token(&self, token: &str) -> Result<(), TokenError> {
+        let claims: RevocableClaims = self.keys.verify(token)?;
+        self.write_revocation(&StoredClaims {
+            iat: None,
+            exp: Some(claims.exp),
+            jti: Some(claims.jti),
+        })
+        .await
+    }
+
+    /// The revocation marker (the authority while Redis answers), then the
+    /// local copy that keeps it refused through an outage.
+    async fn write_revocation(&self, claims: &StoredClaims) -> Result<(), TokenError> {
+        let Some((revoked, ttl)) = revocation(claims, self.leeway) else {
+            return Ok(());
+        };
+        self.store.set(&revoked, "1", ttl).await?;
+        if let Some(jti) = &claims.jti {
+            self.revocations.add(jti, unix_now() + ttl.as_secs()).await;
+        }
+        Ok(())
+    }
+
+    /// The instance's copy of the live revocations (tests, health).
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
     async fn refuse_revoked(&self, jti: &str) -> Result<(), TokenError> {
         let jti = Id::parse(jti).map_err(|_| TokenError::Invalid("bad jti".into()))?;
+        if self.revocations.is_revoked(jti.as_str()) {
+            return Err(TokenError::Invalid("token revoked".into()));
+        }
         if self
             .store
             .get(&keys::revoked_token(jti.as_str()))
@@ -192,6 +233,13 @@ impl TokenService {
         }
         Ok(())
     }
+}
+
+/// What revoking a presented token needs from it (any kind of ours).
+#[derive(serde::Deserialize)]
+struct RevocableClaims {
+    jti: String,
+    exp: u64,
 }
 
 /// Reads the times and id of a token from our own store, written by this

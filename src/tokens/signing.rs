@@ -1,24 +1,25 @@
 //! Signing and verification keys, looked up by `kid`.
 //!
-//! HS256 with a shared secret by default; EdDSA (Ed25519) when a private key
-//! is configured, with its public keys published as a JWKS. Verification
-//! pins the configured algorithm and only accepts `kid`s from the configured
-//! key set, which is how a rotation works: old keys stay in the set until
-//! their tokens have expired.
+//! HS256 with a shared secret by default; EdDSA (Ed25519) or ES256 (P-256)
+//! when a private key is configured, with its public keys published as a
+//! JWKS. Verification pins the configured algorithm and only accepts `kid`s
+//! from the configured key set, which is how a rotation works: the new key
+//! signs, old keys stay in the set (verifying, and listed in the JWKS) until
+//! `tokens.previous_keys_valid_until` or their removal. A token whose header
+//! names a key source (`jku`, `x5u`, `jwk`, `x5c`) is refused outright: the
+//! broker never issues one, and keys never come from the token itself.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey};
-use ed25519_dalek::{SigningKey, VerifyingKey};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::keyfile::{self, PublicKey};
 use super::TokenError;
+use crate::clock::unix_now;
 use crate::config::{TokenSettings, DEVELOPMENT_SECRET};
 
 /// A key configuration that cannot be used; stops start-up (exit 2).
@@ -29,14 +30,27 @@ pub struct KeyError {
     pub reason: String,
 }
 
+/// A key that verifies, and until when (unix seconds; `None` = always).
+struct VerifyKey {
+    decoding: DecodingKey,
+    /// Its JWKS entry (asymmetric keys only).
+    jwk: Option<Value>,
+    valid_until: Option<u64>,
+}
+
+impl VerifyKey {
+    fn is_valid(&self, now: u64) -> bool {
+        self.valid_until.is_none_or(|until| now <= until)
+    }
+}
+
 /// The broker's token keys: one to sign with, all that may verify.
 pub struct SigningKeys {
     algorithm: Algorithm,
     kid: String,
     encoding: EncodingKey,
-    decoding: HashMap<String, DecodingKey>,
+    verifying: HashMap<String, VerifyKey>,
     validation: Validation,
-    jwks: Option<Value>,
     development_secret: bool,
 }
 
@@ -45,12 +59,12 @@ impl std::fmt::Debug for SigningKeys {
         f.debug_struct("SigningKeys")
             .field("algorithm", &self.algorithm)
             .field("kid", &self.kid)
-            .field("verifying_kids", &self.decoding.keys().collect::<Vec<_>>())
+            .field("verifying_kids", &self.verifying.keys().collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
-fn short_hash(label: &str, bytes: &[u8]) -> String {
+pub(super) fn short_hash(label: &str, bytes: &[u8]) -> String {
     let digest = Sha256::new()
         .chain_update(label.as_bytes())
         .chain_update(bytes)
@@ -61,46 +75,98 @@ fn short_hash(label: &str, bytes: &[u8]) -> String {
     })
 }
 
+/// What a key configuration yields: how to sign, and every verifying key
+/// (the signing one first, which never lapses).
+struct KeySet {
+    algorithm: Algorithm,
+    kid: String,
+    encoding: EncodingKey,
+    verifying: Vec<(String, VerifyKey)>,
+    development_secret: bool,
+}
+
+fn hs256_keys(settings: &TokenSettings, previous_until: Option<u64>) -> KeySet {
+    let (secret, development) = match settings.secret.expose_secret() {
+        "" => (DEVELOPMENT_SECRET, true),
+        secret => (secret, false),
+    };
+    let entry = |secret: &str, valid_until| {
+        let kid = format!("hs256-{}", short_hash("hs256", secret.as_bytes()));
+        let key = VerifyKey {
+            decoding: DecodingKey::from_secret(secret.as_bytes()),
+            jwk: None,
+            valid_until,
+        };
+        (kid, key)
+    };
+    let mut verifying = vec![entry(secret, None)];
+    for old in &settings.previous_secrets {
+        verifying.push(entry(old.expose_secret(), previous_until));
+    }
+    KeySet {
+        algorithm: Algorithm::HS256,
+        kid: verifying[0].0.clone(),
+        encoding: EncodingKey::from_secret(secret.as_bytes()),
+        verifying,
+        development_secret: development,
+    }
+}
+
+fn asymmetric_keys(
+    settings: &TokenSettings,
+    previous_until: Option<u64>,
+) -> Result<KeySet, KeyError> {
+    let private = keyfile::read_private(&settings.private_key_path)?;
+    let entry = |public: PublicKey, valid_until| {
+        let key = VerifyKey {
+            decoding: public.decoding,
+            jwk: Some(public.jwk),
+            valid_until,
+        };
+        (public.kid, key)
+    };
+    let kid = private.public.kid.clone();
+    let mut verifying = vec![entry(private.public, None)];
+    for path in &settings.public_key_paths {
+        let public = keyfile::read_public(path, private.algorithm)?;
+        verifying.push(entry(public, previous_until));
+    }
+    Ok(KeySet {
+        algorithm: private.algorithm,
+        kid,
+        encoding: private.encoding,
+        verifying,
+        development_secret: false,
+    })
+}
+
 impl SigningKeys {
     /// Builds the key set from configuration, reading key files if any.
     pub fn from_settings(settings: &TokenSettings) -> Result<Self, KeyError> {
-        let (algorithm, kid, encoding, decoding, jwks, development_secret) =
-            if settings.private_key_path.is_empty() {
-                let (secret, development) = match settings.secret.expose_secret() {
-                    "" => (DEVELOPMENT_SECRET, true),
-                    secret => (secret, false),
-                };
-                let kid = format!("hs256-{}", short_hash("hs256", secret.as_bytes()));
-                let mut decoding = HashMap::new();
-                decoding.insert(kid.clone(), DecodingKey::from_secret(secret.as_bytes()));
-                for old in &settings.previous_secrets {
-                    let old = old.expose_secret();
-                    decoding.insert(
-                        format!("hs256-{}", short_hash("hs256", old.as_bytes())),
-                        DecodingKey::from_secret(old.as_bytes()),
-                    );
-                }
-                let encoding = EncodingKey::from_secret(secret.as_bytes());
-                (Algorithm::HS256, kid, encoding, decoding, None, development)
-            } else {
-                let (kid, encoding, decoding, jwks) = ed25519_keys(settings)?;
-                (Algorithm::EdDSA, kid, encoding, decoding, Some(jwks), false)
-            };
-
-        let mut validation = Validation::new(algorithm);
+        let previous_until = match settings.previous_keys_valid_until {
+            0 => None,
+            until => Some(until),
+        };
+        let set = if settings.private_key_path.is_empty() {
+            hs256_keys(settings, previous_until)
+        } else {
+            asymmetric_keys(settings, previous_until)?
+        };
+        let mut validation = Validation::new(set.algorithm);
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud"]);
         validation.set_issuer(&[settings.issuer.as_str()]);
         validation.set_audience(&[settings.audience.as_str()]);
         validation.leeway = settings.leeway_seconds;
         validation.validate_nbf = true;
         Ok(Self {
-            algorithm,
-            kid,
-            encoding,
-            decoding,
+            algorithm: set.algorithm,
+            kid: set.kid,
+            encoding: set.encoding,
+            // A previous key equal to the current one keeps the current
+            // one's (unlimited) validity: the first entry wins.
+            verifying: set.verifying.into_iter().rev().collect(),
             validation,
-            jwks,
-            development_secret,
+            development_secret: set.development_secret,
         })
     }
 
@@ -109,10 +175,27 @@ impl SigningKeys {
         self.development_secret
     }
 
-    /// The JWKS document for asymmetric keys; `None` with HS256 (a shared
-    /// secret must never be published).
-    pub fn jwks(&self) -> Option<&Value> {
-        self.jwks.as_ref()
+    /// The algorithm tokens are signed with and verification pins.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The JWKS document: the public keys that verify now. `None` with
+    /// HS256 (a shared secret must never be published).
+    pub fn jwks(&self) -> Option<Value> {
+        if self.algorithm == Algorithm::HS256 {
+            return None;
+        }
+        let now = unix_now();
+        let mut keys: Vec<(&String, &Value)> = self
+            .verifying
+            .iter()
+            .filter(|(_, key)| key.is_valid(now))
+            .filter_map(|(kid, key)| key.jwk.as_ref().map(|jwk| (kid, jwk)))
+            .collect();
+        // The signing key first, then the others in a stable order.
+        keys.sort_by_key(|(kid, _)| (**kid != self.kid, kid.as_str()));
+        Some(json!({ "keys": keys.into_iter().map(|(_, jwk)| jwk).collect::<Vec<_>>() }))
     }
 
     /// Signs claims with the active key.
@@ -123,86 +206,46 @@ impl SigningKeys {
             .map_err(|e| TokenError::Signing(e.to_string()))
     }
 
-    /// Checks signature, algorithm, `kid`, `exp`/`nbf` (with leeway), `iss`
-    /// and `aud`, and returns the claims as `C` (every field `C` requires
-    /// must be present, so one kind of token never passes for another).
+    /// Checks the header (algorithm, `kid` among the keys valid now, no key
+    /// source), signature, `exp`/`nbf` (with leeway), `iss` and `aud`, and
+    /// returns the claims as `C` (every field `C` requires must be present,
+    /// so one kind of token never passes for another).
     pub fn verify<C: serde::de::DeserializeOwned>(&self, token: &str) -> Result<C, TokenError> {
         let invalid = |reason: &str| TokenError::Invalid(reason.to_string());
         let header = jsonwebtoken::decode_header(token).map_err(|_| invalid("malformed token"))?;
         if header.alg != self.algorithm {
             return Err(invalid("token algorithm not accepted"));
         }
+        let names_key_source = header.jku.is_some()
+            || header.x5u.is_some()
+            || header.jwk.is_some()
+            || header.x5c.is_some();
+        if names_key_source {
+            return Err(invalid("token header names a key source (jku/x5u/jwk/x5c)"));
+        }
         let kid = header.kid.ok_or_else(|| invalid("token has no kid"))?;
         let key = self
-            .decoding
+            .verifying
             .get(&kid)
+            .filter(|key| key.is_valid(unix_now()))
             .ok_or_else(|| invalid("unknown signing key (kid)"))?;
-        jsonwebtoken::decode::<C>(token, key, &self.validation)
+        jsonwebtoken::decode::<C>(token, &key.decoding, &self.validation)
             .map(|data| data.claims)
-            .map_err(|e| {
-                use jsonwebtoken::errors::ErrorKind;
-                let reason = match e.kind() {
-                    ErrorKind::ExpiredSignature => "token expired",
-                    ErrorKind::ImmatureSignature => "token not yet valid",
-                    ErrorKind::InvalidSignature => "bad signature",
-                    ErrorKind::InvalidAudience => "wrong audience",
-                    ErrorKind::InvalidIssuer => "wrong issuer",
-                    ErrorKind::MissingRequiredClaim(_) => "missing required claim",
-                    ErrorKind::InvalidAlgorithm => "token algorithm not accepted",
-                    _ => "malformed token",
-                };
-                invalid(reason)
-            })
+            .map_err(|e| invalid(reason(&e)))
     }
 }
 
-type Ed25519Parts = (String, EncodingKey, HashMap<String, DecodingKey>, Value);
-
-fn ed25519_keys(settings: &TokenSettings) -> Result<Ed25519Parts, KeyError> {
-    let read = |key: &'static str, path: &str| {
-        std::fs::read_to_string(path).map_err(|e| KeyError {
-            key,
-            reason: format!("cannot read {path}: {e}"),
-        })
-    };
-    let pem = read("tokens.private_key_path", &settings.private_key_path)?;
-    let signing = SigningKey::from_pkcs8_pem(&pem).map_err(|e| KeyError {
-        key: "tokens.private_key_path",
-        reason: format!("not an Ed25519 PKCS#8 private key: {e}"),
-    })?;
-    let der = signing.to_pkcs8_der().map_err(|e| KeyError {
-        key: "tokens.private_key_path",
-        reason: e.to_string(),
-    })?;
-    let encoding = EncodingKey::from_ed_der(der.as_bytes());
-
-    let mut verifying = vec![signing.verifying_key()];
-    for path in &settings.public_key_paths {
-        let pem = read("tokens.public_key_paths", path)?;
-        let key = VerifyingKey::from_public_key_pem(&pem).map_err(|e| KeyError {
-            key: "tokens.public_key_paths",
-            reason: format!("{path} is not an Ed25519 public key: {e}"),
-        })?;
-        verifying.push(key);
+/// What a client is told about a failed verification.
+fn reason(e: &jsonwebtoken::errors::Error) -> &'static str {
+    use jsonwebtoken::errors::ErrorKind;
+    match e.kind() {
+        ErrorKind::ExpiredSignature => "token expired",
+        ErrorKind::ImmatureSignature => "token not yet valid",
+        ErrorKind::InvalidSignature => "bad signature",
+        ErrorKind::InvalidAudience => "wrong audience",
+        ErrorKind::InvalidIssuer => "wrong issuer",
+        ErrorKind::MissingRequiredClaim(_) => "missing required claim",
+        ErrorKind::InvalidAlgorithm => "token algorithm not accepted",
+        _ => "malformed token",
     }
-
-    let mut decoding = HashMap::new();
-    let mut jwks = Vec::new();
-    for key in &verifying {
-        let x = URL_SAFE_NO_PAD.encode(key.as_bytes());
-        let kid = format!("ed25519-{}", short_hash("ed25519", key.as_bytes()));
-        let decoder = DecodingKey::from_ed_components(&x).map_err(|e| KeyError {
-            key: "tokens.public_key_paths",
-            reason: e.to_string(),
-        })?;
-        decoding.insert(kid.clone(), decoder);
-        jwks.push(json!({
-            "kty": "OKP", "crv": "Ed25519", "x": x, "kid": kid, "alg": "EdDSA", "use": "sig",
-        }));
-    }
-    let kid = format!(
-        "ed25519-{}",
-        short_hash("ed25519", signing.verifying_key().as_bytes())
-    );
-    Ok((kid, encoding, decoding, json!({ "keys": jwks })))
 }

@@ -270,3 +270,33 @@ macro_rules! on_every_redis_mode {
         );
     };
 }
+
+/// Waits until the app reports its Redis connection lost (after a test
+/// stopped the server); the next store call then serves from memory.
+pub async fn wait_disconnected(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, status) = app.get("/api/storage/status").await;
+        if status["connected"] == false {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still connected: {status}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The status a WebSocket handshake on `path` gets (101 when accepted),
+/// with an `Origin` header when given.
+pub async fn handshake_status(app: &TestApp, path: &str, origin: Option<&str>) -> u16 {
+    let mut req = app
+        .client
+        .get(app.url(path))
+        .header("connection", "upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+    if let Some(origin) = origin {
+        req = req.header("origin", origin);
+    }
+    req.send().await.expect("handshake").status().as_u16()
+}

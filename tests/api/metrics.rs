@@ -103,6 +103,9 @@ async fn metrics_describe_the_instance(backend: Backend) {
         "rtc_recording_index_collisions_repaired_total",
         r#"rtc_recording_merges_total{outcome="ready"}"#,
         "rtc_recording_merge_duration_seconds_count",
+        r#"rtc_rate_limited_total{policy="tokens_per_ip"}"#,
+        r#"rtc_rate_limited_total{policy="session_writes"}"#,
+        "rtc_revocations_known",
     ] {
         assert!(samples.contains_key(family), "{family} missing:\n{text}");
     }

@@ -52,27 +52,22 @@ impl Running {
     }
 }
 
+/// Starts the binary; its stderr and stdout lines both go into `log`.
 pub fn start(env: &[(&str, &str)], dir: &std::path::Path) -> Running {
     let mut child = command(env, dir)
         .stderr(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("spawn rtc-broker");
-    let stderr = child.stderr.take();
+    let stderr = child.stderr.take().expect("stderr");
+    let stdout = child.stdout.take().expect("stdout");
     let mut running = Running {
         child,
         port: 0,
         log: Arc::new(Mutex::new(Vec::new())),
     };
-    let sink = running.log.clone();
-    std::thread::spawn(move || {
-        for line in stderr
-            .into_iter()
-            .flat_map(|s| BufReader::new(s).lines().map_while(Result::ok))
-        {
-            sink.lock().unwrap().push(line);
-        }
-    });
+    collect_lines(stderr, running.log.clone());
+    collect_lines(stdout, running.log.clone());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let port = running
@@ -93,6 +88,15 @@ pub fn start(env: &[(&str, &str)], dir: &std::path::Path) -> Running {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Appends every line `from` gives to `sink`, on a thread of its own.
+fn collect_lines(from: impl std::io::Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(from).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
 }
 
 /// The port from the start-up line, in the text or the JSON log format.

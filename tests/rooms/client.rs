@@ -6,7 +6,6 @@ use std::time::Duration;
 use futures_util::{SinkExt as _, StreamExt as _};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest as _;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -79,14 +78,7 @@ pub async fn upgrade(
         app.base_url().replacen("http", "ws", 1),
         if query.is_empty() { "" } else { "?" }
     );
-    let mut request = url.into_client_request().expect("ws request");
-    for (name, value) in headers {
-        request.headers_mut().insert(
-            reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("header name"),
-            value.parse().expect("header value"),
-        );
-    }
-    match tokio_tungstenite::connect_async(request).await {
+    match tokio_tungstenite::connect_async(crate::harness::ws_request(&url, headers)).await {
         Ok((ws, _)) => {
             let mut client = Client {
                 ws,

@@ -1,0 +1,226 @@
+//! A local copy of the live revocations, so a token revoked before a Redis
+//! outage stays refused during it (the fallback store's memory never saw
+//! the revocation marker, which lives only in Redis).
+//!
+//! Every revocation is also added to one sorted set in Redis (`jti` scored
+//! by the unix second it lapses), which each instance reads back every
+//! `SYNC_EVERY` while Redis answers. Revocations made during an outage are
+//! kept locally and pushed into the set at the next sync, so the other
+//! instances learn them too. The per-`jti` marker keys stay the authority
+//! while Redis answers; this copy only adds refusals, never removes one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use redis::{Script, Value};
+
+use crate::clock::unix_now;
+use crate::store::{RedisStore, StoreError};
+
+/// How often the copy is refreshed from Redis: a revocation made this long
+/// before an outage is known everywhere during it.
+pub const SYNC_EVERY: Duration = Duration::from_secs(2);
+
+/// The set, after the key prefix; one key, so one cluster slot.
+const SET: &str = "rtc:revocations";
+
+/// KEYS[1] the set; ARGV[1] now, then jti/lapse pairs to add. Drops lapsed
+/// entries and returns the live ones, WITHSCORES.
+const SYNC: &str = r"
+for i = 2, #ARGV, 2 do
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[i + 1], ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
+local left = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+if left[2] then redis.call('EXPIREAT', KEYS[1], tonumber(left[2]) + 1) end
+return live
+";
+
+/// The instance's revocations. Cheap to clone.
+#[derive(Clone)]
+pub struct Revocations {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: Option<RedisStore>,
+    script: Script,
+    state: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// jti → unix second it lapses.
+    live: HashMap<String, u64>,
+    /// Made here and not yet in the Redis set.
+    unsynced: HashMap<String, u64>,
+}
+
+impl Revocations {
+    /// Starts the sync task when Redis is configured; it ends with the last handle.
+    pub fn start(redis: Option<RedisStore>) -> Self {
+        let has_redis = redis.is_some();
+        let revocations = Self {
+            inner: Arc::new(Inner {
+                redis,
+                script: Script::new(SYNC),
+                state: Mutex::default(),
+            }),
+        };
+        if has_redis {
+            tokio::spawn(keep_synced(Arc::downgrade(&revocations.inner)));
+        }
+        revocations
+    }
+
+    /// Whether `jti` is known revoked (and not yet lapsed).
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        self.inner
+            .lock()
+            .live
+            .get(jti)
+            .is_some_and(|&until| until >= unix_now())
+    }
+
+    /// Notes a revocation made here, then tries to add it to the set at
+    /// once; if that fails, the next sync does.
+    pub async fn add(&self, jti: &str, until: u64) {
+        {
+            let mut known = self.inner.lock();
+            let now = unix_now();
+            known.live.retain(|_, lapses| *lapses >= now);
+            known.live.insert(jti.to_string(), until);
+            known.unsynced.insert(jti.to_string(), until);
+        }
+        if let Err(e) = self.inner.sync().await {
+            tracing::debug!(error = %e, "revocation kept locally until the next sync");
+        }
+    }
+
+    /// How many revocations are known locally (for tests and health).
+    pub fn len(&self) -> usize {
+        self.inner.lock().live.len()
+    }
+
+    /// True when none is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads the set now (tests use this instead of waiting for a sync).
+    pub async fn sync_now(&self) -> Result<(), StoreError> {
+        self.inner.sync().await
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    async fn sync(&self) -> Result<(), StoreError> {
+        let Some(redis) = &self.redis else {
+            return Ok(());
+        };
+        let now = unix_now();
+        let pushed: Vec<(String, u64)> = self
+            .lock()
+            .unsynced
+            .iter()
+            .map(|(j, u)| (j.clone(), *u))
+            .collect();
+        let mut args = vec![now.to_string()];
+        for (jti, until) in &pushed {
+            args.push(jti.clone());
+            args.push(until.to_string());
+        }
+        let key = format!("{}{SET}", redis.settings().key_prefix);
+        let reply = redis.script(&self.script, vec![key], args).await?;
+        let remote = parse_scores(reply)?;
+        let mut known = self.lock();
+        for (jti, until) in &pushed {
+            if known.unsynced.get(jti) == Some(until) {
+                known.unsynced.remove(jti);
+            }
+        }
+        known.live.retain(|_, until| *until >= now);
+        for (jti, until) in remote {
+            let entry = known.live.entry(jti).or_insert(until);
+            *entry = (*entry).max(until);
+        }
+        Ok(())
+    }
+}
+
+/// `[member, score, member, score, ...]` as strings.
+fn parse_scores(reply: Value) -> Result<Vec<(String, u64)>, StoreError> {
+    let bad = || StoreError::rejected("unexpected revocation set reply");
+    let Value::Array(items) = reply else {
+        return Err(bad());
+    };
+    let text = |v: &Value| match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Int(n) => Some(n.to_string()),
+        Value::Double(d) => Some(d.to_string()),
+        _ => None,
+    };
+    items
+        .chunks(2)
+        .map(|pair| match pair {
+            [member, score] => {
+                let member = text(member).ok_or_else(bad)?;
+                let score = text(score)
+                    .and_then(|s| s.parse::<f64>().ok())
+                    .ok_or_else(bad)?;
+                Ok((member, score.max(0.0) as u64))
+            }
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+async fn keep_synced(inner: Weak<Inner>) {
+    loop {
+        tokio::time::sleep(SYNC_EVERY).await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let connected = inner.redis.as_ref().is_some_and(RedisStore::is_connected);
+        if connected {
+            if let Err(e) = inner.sync().await {
+                tracing::debug!(error = %e, "revocation sync failed; retrying");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn local_revocations_lapse() {
+        let revocations = Revocations::start(None);
+        revocations.add("a", unix_now() + 60).await;
+        revocations.add("old", unix_now() - 1).await;
+        assert!(revocations.is_revoked("a"));
+        assert!(!revocations.is_revoked("old"));
+        assert!(!revocations.is_revoked("b"));
+    }
+
+    #[test]
+    fn scores_parse_from_bulk_strings() {
+        let reply = Value::Array(vec![
+            Value::BulkString(b"j1".to_vec()),
+            Value::BulkString(b"1700000000".to_vec()),
+        ]);
+        assert_eq!(
+            parse_scores(reply).unwrap(),
+            vec![("j1".to_string(), 1_700_000_000)]
+        );
+        assert!(parse_scores(Value::Array(vec![Value::Nil])).is_err());
+    }
+}

@@ -1,0 +1,118 @@
+//! Revocations made before a Redis outage stay refused during it, on every
+//! instance: by verify, by the room handshake and by upload-token checks
+//! (SPEC sections 4 and 9; each instance keeps a local copy of the live
+//! revocations, refreshed from Redis every `SYNC_EVERY`).
+
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::Single;
+use crate::helpers::{handshake_status, read, spawn_app_on, wait_disconnected, Backend, TestApp};
+
+async fn verify(app: &TestApp, token: &str) -> (u16, String) {
+    let (status, body) = app
+        .post_json("/api/tokens/verify", &json!({ "token": token }))
+        .await;
+    (status, body["detail"].as_str().unwrap_or("").to_string())
+}
+
+async fn upload_chunk(app: &TestApp, record: &str, token: &str) -> (u16, serde_json::Value) {
+    let res = app
+        .client
+        .post(app.url(&format!("/api/recordings/{record}/chunks")))
+        .bearer_auth(token)
+        .header("content-type", "video/webm")
+        .body(vec![0x1a, 0x45, 0xdf, 0xa3, 1, 2, 3])
+        .send()
+        .await
+        .expect("request");
+    read(res).await
+}
+
+async fn room_handshake(app: &TestApp, room: &str, token: &str) -> u16 {
+    handshake_status(app, &format!("/ws/rooms/{room}?token={token}"), None).await
+}
+
+#[tokio::test]
+async fn revoked_before_an_outage_stays_refused_during_it_on_every_instance() {
+    let mut redis = Single::start();
+    let env = vec![("REDIS_URL".to_string(), redis.url())];
+    let fast = [
+        ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "200"),
+        ("REDIS_COMMAND_TIMEOUT", "300"),
+        ("REDIS_CONNECT_TIMEOUT", "300"),
+    ];
+    let a = spawn_app_on(Backend::Single, env, &fast).await;
+    let b = a.sibling().await;
+
+    let revoked = a.issue("gone", 300).await["rtc_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let kept = a.issue("kept", 300).await["rtc_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, started) = a.post_json("/api/recordings", &json!({})).await;
+    assert_eq!(status, 201, "{started}");
+    let record = started["record_id"].as_str().unwrap().to_string();
+    let upload = started["upload_token"].as_str().unwrap().to_string();
+    // Controls: all three are good before anything is revoked.
+    assert_eq!(verify(&b, &revoked).await.0, 200);
+    assert_eq!(room_handshake(&b, "gone", &revoked).await, 101);
+    assert_eq!(upload_chunk(&b, &record, &upload).await.0, 201);
+
+    assert_eq!(a.delete("/api/voice/token/gone").await.0, 204);
+    let (status, body) = a
+        .post_json("/api/tokens/revoke", &json!({ "token": upload }))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    // Let b read the revocations into its copy, then take Redis away.
+    tokio::time::sleep(rtc_broker::tokens::SYNC_EVERY + Duration::from_secs(1)).await;
+    redis.node.kill();
+    for app in [&a, &b] {
+        wait_disconnected(app).await;
+        let (status, detail) = verify(app, &revoked).await;
+        assert_eq!((status, detail.as_str()), (401, "token revoked"));
+        assert_eq!(verify(app, &kept).await.0, 200, "only the revoked one");
+        assert_eq!(room_handshake(app, "gone", &revoked).await, 401);
+        let (status, body) = upload_chunk(app, &record, &upload).await;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (401, Some("invalid_token"))
+        );
+    }
+}
+
+#[tokio::test]
+async fn revoking_a_presented_token_needs_one_of_ours() {
+    let redis = Single::start();
+    let env = vec![("REDIS_URL".to_string(), redis.url())];
+    let app = spawn_app_on(Backend::Single, env, &[]).await;
+    for (body, code) in [
+        (json!({}), "missing_token"),
+        (json!({ "token": "not.a.jwt" }), "invalid_token"),
+    ] {
+        let (_, answer) = app.post_json("/api/tokens/revoke", &body).await;
+        assert_eq!(answer["error"], code, "{body}");
+    }
+    let token = app.issue("s", 60).await["rtc_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (status, _) = app
+        .post_json("/api/tokens/revoke", &json!({ "token": token }))
+        .await;
+    assert_eq!(status, 204);
+    assert_eq!(verify(&app, &token).await, (401, "token revoked".into()));
+    // The marker in Redis lapses with the token (plus leeway).
+    let keys = crate::harness::keys(&redis.node, &app.prefix);
+    let marker = keys
+        .iter()
+        .find(|k| k.contains("rtc:revoked:"))
+        .expect("revocation marker in Redis");
+    let ttl = redis.node.cli(&["PTTL", marker]);
+    let ttl: i64 = ttl.trim().parse().unwrap();
+    assert!((55_000..=66_000).contains(&ttl), "marker TTL {ttl}");
+}
