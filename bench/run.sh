@@ -8,6 +8,7 @@
 #                                        # pooled), cluster; 5 s per operation
 #   SECONDS_PER_OP=10 CONCURRENCY=64 bench/run.sh
 #   BACKENDS="memory single" bench/run.sh
+#   BACKENDS="single single-limited" bench/run.sh   # the rate limits' cost
 #
 # Redis backends use real redis-server processes started here on loopback
 # ports (3 masters + 3 replicas for the cluster) and removed at the end.
@@ -42,6 +43,16 @@ for backend in $BACKENDS; do
     single)
       ensure_single
       run single --env REDIS_URL=redis://127.0.0.1:46379 ;;
+    memory-limited | single-limited)
+      # Both rate limits on, so high that nothing is refused: every issue
+      # then runs the window script twice (client IP, session id).
+      limits=(--env BROKER__RATE_LIMIT__TOKENS_PER_WINDOW=1000000000
+        --env BROKER__RATE_LIMIT__SESSION_WRITES_PER_WINDOW=1000000000)
+      if [[ $backend == single-limited ]]; then
+        ensure_single
+        limits+=(--env REDIS_URL=redis://127.0.0.1:46379)
+      fi
+      run "$backend" "${limits[@]}" ;;
     single-pool)
       ensure_single
       run "single-pool$POOL_SIZE" --env REDIS_URL=redis://127.0.0.1:46379 \
