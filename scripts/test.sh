@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine or a developer's laptop:
 # installs what the suite needs when it is missing (Redis server and tools,
-# ffmpeg, Node.js and npm), sets up the Node peer for tests/mixed_fleet,
+# ffmpeg, Chromium, Node.js and npm), sets up the Node peer for tests/mixed_fleet,
 # then runs formatting, lints, the deployment files' validation
 # (scripts/validate-deploy.sh) and every test.
 #
@@ -18,6 +18,8 @@ need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v ffmpeg >/dev/null 2>&1 || need+=(ffmpeg)
+# tests/console drives the web console in headless Chromium (Debian's package).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 # tests/mixed_fleet runs the Node peer. NodeSource's nodejs ships npm and
 # conflicts with Debian's npm package, so npm only when the command is missing.
 command -v node >/dev/null 2>&1 || need+=(nodejs)
@@ -40,6 +42,7 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 log "redis: $(redis-server --version | head -n1)"
 log "ffmpeg: $(ffmpeg -hide_banner -version | head -n1)"
+log "chromium: $(chromium --version 2>/dev/null | head -n1)"
 log "node: $(node --version), npm $(npm --version)"
 
 # --- Node peer (tests/mixed_fleet) ------------------------------------------

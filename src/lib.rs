@@ -10,11 +10,13 @@
 //! shedding), `shutdown`, `rooms` (WebSocket rooms and their bus between
 //! instances), `recording` (chunk uploads, indices, merges, downloads),
 //! `pubsub` (the Redis subscriber the wings share), `origins` (the allowed
-//! browser origins), `cors` (the HTTP side of that list), `ratelimit` (limits per client IP and per session).
+//! browser origins), `cors` (the HTTP side of that list), `ratelimit` (limits per client IP and per session),
+//! `console` (the web console's embedded page and assets).
 
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod cors;
 pub mod domain;
 pub mod drill;

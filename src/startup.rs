@@ -297,6 +297,7 @@ fn http_server(
         Duration::from_millis(settings.server.overload_wait_ms),
     );
     let http_metrics = crate::metrics::HttpMetrics::default();
+    let console = crate::console::Console::from(&settings.console);
     let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
@@ -306,6 +307,7 @@ fn http_server(
             .app_data(max_age)
             .app_data(inflight.clone())
             .app_data(http_metrics.clone())
+            .app_data(console)
             .configure(routes::configure)
             .default_service(web::to(routes::not_found))
             .wrap(routes::json_method_not_allowed())

@@ -22,9 +22,9 @@ use serde::{Deserialize, Serialize};
 
 use legacy::LegacyEnv;
 pub use sections::{
-    AuthSettings, CorsSettings, HostPort, LimitSettings, LogFormat, LogSettings, RateLimitSettings,
-    RecordingsSettings, RedisMode, RedisSettings, RoomsSettings, ServerSettings, SessionSettings,
-    StorageSettings, TokenSettings,
+    AuthSettings, ConsoleSettings, CorsSettings, HostPort, LimitSettings, LogFormat, LogSettings,
+    RateLimitSettings, RecordingsSettings, RedisMode, RedisSettings, RoomsSettings, ServerSettings,
+    SessionSettings, StorageSettings, TokenSettings,
 };
 pub use validate::MIN_TOKEN_SECRET_BYTES;
 
@@ -115,6 +115,7 @@ pub struct Settings {
     pub recordings: RecordingsSettings,
     pub cors: CorsSettings,
     pub rate_limit: RateLimitSettings,
+    pub console: ConsoleSettings,
     pub log: LogSettings,
 }
 
@@ -370,6 +371,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("rate_limit.trusted_proxies"), "{err}");
+    }
+
+    #[test]
+    fn the_console_is_on_in_development_and_off_in_production() {
+        assert!(load(&[]).unwrap().console.enabled);
+        let off = load(&[("BROKER__CONSOLE__ENABLED", "false")]).unwrap();
+        assert!(!off.console.enabled);
+        let production = [
+            ("RUN_ENV", "production"),
+            ("API_KEYS", "k"),
+            ("TOKEN_SECRET", PRODUCTION_SECRET),
+        ];
+        assert!(!load(&production).unwrap().console.enabled);
+        let mut on = production.to_vec();
+        on.push(("BROKER__CONSOLE__ENABLED", "true"));
+        assert!(load(&on).unwrap().console.enabled);
     }
 
     #[test]

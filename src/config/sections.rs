@@ -296,6 +296,14 @@ pub struct RateLimitSettings {
     pub trusted_proxies: Vec<String>,
 }
 
+/// The web console at `GET /` (SPEC section 11): on in development, off in
+/// production (`config/production.toml`), where a broker serves apps rather
+/// than people trying it out.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ConsoleSettings {
+    pub enabled: bool,
+}
+
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]

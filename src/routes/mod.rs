@@ -6,6 +6,7 @@
 //! list of what is served cannot drift from what is mounted; the OpenAPI
 //! tests compare that list with the document (`openapi`).
 
+mod console;
 mod health;
 mod metrics;
 mod openapi;
@@ -42,6 +43,7 @@ fn all_routes() -> RouteTable {
     rooms::configure(&mut table);
     recordings::configure(&mut table);
     openapi::configure(&mut table);
+    console::configure(&mut table);
     table
 }
 

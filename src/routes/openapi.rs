@@ -7,6 +7,8 @@
 //!   the list the route table mounts, both ways;
 //! - request and response bodies are schemas in `schemas`, or the wire
 //!   types themselves where handlers serialize those (`ToSchema` derives);
+//! - the console's files are documented from `console::ASSETS`, the table
+//!   their routes are mounted from (`console`);
 //! - the error responses of each operation are written here from
 //!   `operations::ERRORS` (codes) and `error::ERROR_CODES` (each code's
 //!   status, and the `error` enum of the `Error` schema), so codes and
@@ -14,6 +16,7 @@
 //!
 //! The document is built once, on first request.
 
+mod console;
 mod operations;
 mod schemas;
 
@@ -33,6 +36,7 @@ use utoipa::{Modify, OpenApi};
 
 use super::RouteTable;
 use crate::error::ERROR_CODES;
+use console::ConsoleFiles;
 
 #[derive(OpenApi)]
 #[openapi(
@@ -55,13 +59,14 @@ use crate::error::ERROR_CODES;
         operations::download, operations::download_head,
     ),
     components(schemas(schemas::ErrorBody)),
-    modifiers(&SecuritySchemes, &ErrorResponses),
+    modifiers(&SecuritySchemes, &ConsoleFiles, &ErrorResponses),
     tags(
         (name = "operations", description = "Health, storage status, metrics (SPEC section 8)"),
         (name = "tokens", description = "RTC tokens (SPEC section 4)"),
         (name = "sessions", description = "Session records (SPEC section 5)"),
         (name = "rooms", description = "WebSocket rooms (SPEC section 6)"),
         (name = "recordings", description = "Recordings (SPEC section 7)"),
+        (name = "console", description = "The web console (SPEC section 11)"),
     )
 )]
 struct ApiDoc;

@@ -374,7 +374,9 @@ fn cases() -> Vec<Case> {
             "invalid_id",
         ),
         case("GET", "/api/nothing-here", None, "", 404, "not_found"),
-        case("GET", "/", None, "", 404, "not_found"),
+        // `/` is the console (tests/console): another method is JSON 405.
+        case("POST", "/", None, "", 405, "method_not_allowed"),
+        case("GET", "/console/nothing-here", None, "", 404, "not_found"),
         case("GET", "/api/voice/token/a/b", None, "", 404, "not_found"),
         case(
             "PUT",

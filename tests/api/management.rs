@@ -380,7 +380,7 @@ async fn every_management_route_needs_the_key(backend: Backend) {
 crate::backend_tests!([memory => Memory, single => Single] every_management_route_needs_the_key);
 
 /// The routes that take no API key (reads, verification, the sockets that
-/// take a token, operations).
+/// take a token, operations, the console's files).
 const OPEN: &[(&str, &str)] = &[
     ("GET", "/api/health"),
     ("GET", "/health/live"),
@@ -396,6 +396,14 @@ const OPEN: &[(&str, &str)] = &[
     ("GET", "/api/rooms/{}/members"),
     ("GET", "/recordings/download/{}"),
     ("HEAD", "/recordings/download/{}"),
+    ("GET", "/"),
+    ("GET", "/console/console.js"),
+    ("GET", "/console/room.js"),
+    ("GET", "/console/recording.js"),
+    ("GET", "/console/clock.js"),
+    ("GET", "/console/common.js"),
+    ("GET", "/console/console.css"),
+    ("GET", "/console/favicon.svg"),
 ];
 
 /// A path template with every `{name}` as `{}`.

@@ -41,6 +41,9 @@ const DOWNLOAD: &[&str] = &[
     "internal_error",
 ];
 
+/// The console's files: 404 while `console.enabled` is off.
+const CONSOLE: &[&str] = &["not_found"];
+
 /// The codes each operation (by `operationId`) can answer besides 503
 /// `overloaded`, which every operation outside `overload::EXEMPT` can, and
 /// the route-level 404 `not_found` and 405 `method_not_allowed`. An
@@ -168,6 +171,14 @@ pub(super) const ERRORS: &[(&str, &[&[&str]])] = &[
     ),
     ("download", &[DOWNLOAD]),
     ("download_head", &[DOWNLOAD]),
+    ("console_page", &[CONSOLE]),
+    ("console_main", &[CONSOLE]),
+    ("console_room", &[CONSOLE]),
+    ("console_recording", &[CONSOLE]),
+    ("console_clock", &[CONSOLE]),
+    ("console_common", &[CONSOLE]),
+    ("console_style", &[CONSOLE]),
+    ("console_icon", &[CONSOLE]),
 ];
 
 /// The session of a token.
