@@ -25,17 +25,18 @@ pub const SYNC_EVERY: Duration = Duration::from_secs(2);
 /// The set, after the key prefix; one key, so one cluster slot.
 const SET: &str = "rtc:revocations";
 
-/// KEYS[1] the set; ARGV[1] now, then jti/lapse pairs to add. Drops lapsed
-/// entries and returns the live ones, WITHSCORES.
+/// KEYS[1] the set; ARGV[1] now, ARGV[2] "1" to read the set back, then
+/// jti/lapse pairs to add. Drops lapsed entries and returns the live ones
+/// WITHSCORES (none when not asked: a revocation only pushes).
 const SYNC: &str = r"
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   redis.call('ZADD', KEYS[1], 'GT', ARGV[i + 1], ARGV[i])
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1])
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
 local left = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
 if left[2] then redis.call('EXPIREAT', KEYS[1], tonumber(left[2]) + 1) end
-return live
+if ARGV[2] ~= '1' then return {} end
+return redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], '+inf', 'WITHSCORES')
 ";
 
 /// The instance's revocations. Cheap to clone.
@@ -85,7 +86,8 @@ impl Revocations {
     }
 
     /// Notes a revocation made here, then tries to add it to the set at
-    /// once; if that fails, the next sync does.
+    /// once (a push, not a read of the whole set); if that fails, the next
+    /// sync does.
     pub async fn add(&self, jti: &str, until: u64) {
         {
             let mut known = self.inner.lock();
@@ -94,7 +96,7 @@ impl Revocations {
             known.live.insert(jti.to_string(), until);
             known.unsynced.insert(jti.to_string(), until);
         }
-        if let Err(e) = self.inner.sync().await {
+        if let Err(e) = self.inner.sync(false).await {
             tracing::debug!(error = %e, "revocation kept locally until the next sync");
         }
     }
@@ -111,7 +113,7 @@ impl Revocations {
 
     /// Reads the set now (tests use this instead of waiting for a sync).
     pub async fn sync_now(&self) -> Result<(), StoreError> {
-        self.inner.sync().await
+        self.inner.sync(true).await
     }
 }
 
@@ -120,7 +122,9 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    async fn sync(&self) -> Result<(), StoreError> {
+    /// Pushes the unsynced revocations, and with `read` merges the set's
+    /// live entries into the copy.
+    async fn sync(&self, read: bool) -> Result<(), StoreError> {
         let Some(redis) = &self.redis else {
             return Ok(());
         };
@@ -131,7 +135,7 @@ impl Inner {
             .iter()
             .map(|(j, u)| (j.clone(), *u))
             .collect();
-        let mut args = vec![now.to_string()];
+        let mut args = vec![now.to_string(), if read { "1" } else { "0" }.to_string()];
         for (jti, until) in &pushed {
             args.push(jti.clone());
             args.push(until.to_string());
@@ -190,7 +194,7 @@ async fn keep_synced(inner: Weak<Inner>) {
         };
         let connected = inner.redis.as_ref().is_some_and(RedisStore::is_connected);
         if connected {
-            if let Err(e) = inner.sync().await {
+            if let Err(e) = inner.sync(true).await {
                 tracing::debug!(error = %e, "revocation sync failed; retrying");
             }
         }

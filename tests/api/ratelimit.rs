@@ -177,3 +177,13 @@ async fn session_writes_are_limited_per_session() {
         .await;
     assert_eq!(status, 201);
 }
+
+#[tokio::test]
+async fn a_cluster_counts_one_window_for_two_instances() {
+    // The window is one key (one slot), so the script runs on a Cluster.
+    let a = spawn_app_with(Backend::Cluster, &limited_env()).await;
+    let b = a.sibling().await;
+    use_up(&[&a, &b], 6, "cluster").await;
+    assert_limited(&issue(&a, "cluster-over", None).await, 6);
+    assert_limited(&issue(&b, "cluster-over", None).await, 6);
+}
