@@ -179,7 +179,7 @@ async fn session_expires_and_leaves_storage(backend: Backend) {
     let baseline = app.stored_entries().await;
     app.post_json(
         "/api/sessions",
-        &json!({"session_id": "t1", "ttl_seconds": 1}),
+        &json!({"session_id": "t1", "ttl_seconds": 2}),
     )
     .await;
     assert_eq!(app.get("/api/sessions/t1").await.0, 200);
@@ -188,7 +188,7 @@ async fn session_expires_and_leaves_storage(backend: Backend) {
             app.get("/api/sessions/t1").await.0 == 404
         })
         .await,
-        "session outlived its TTL"
+        "session outlived its 2 s TTL"
     );
     for i in 0..200 {
         app.post_json(

@@ -2,6 +2,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rtc_broker::clock::unix_now;
 use rtc_broker::config::DEVELOPMENT_SECRET;
 use serde_json::{json, Value};
 
@@ -87,14 +88,17 @@ async fn fetch_returns_the_live_token_and_a_new_one_replaces_it(backend: Backend
 async fn token_expires_after_its_ttl_and_leaves_storage(backend: Backend) {
     let app = spawn_app(backend).await;
     let baseline = app.stored_entries().await;
-    app.issue("short", 1).await;
-    assert_eq!(app.get("/api/voice/token/short").await.0, 200);
+    let issued = app.issue("short", 2).await;
+    live_until_exp(&issued, 412, || async {
+        app.get("/api/voice/token/short").await.0
+    })
+    .await;
     assert!(
         eventually(Duration::from_secs(5), || async {
             app.get("/api/voice/token/short").await.0 == 412
         })
         .await,
-        "token still served after its 1 s TTL"
+        "token still served after its 2 s TTL"
     );
     assert!(
         eventually(Duration::from_secs(5), || async {
@@ -103,6 +107,27 @@ async fn token_expires_after_its_ttl_and_leaves_storage(backend: Backend) {
         .await,
         "expired token still stored"
     );
+}
+
+/// Runs `probe` once against a just-issued token: it must answer 200 if it
+/// started before the token's `exp` and `expired` if it ended on or after
+/// it. `exp` is whole unix seconds (iat + ttl, iat rounded down), so a
+/// token lives between ttl - 1 and ttl seconds, and a slow machine may see
+/// either answer; anything else, or the wrong one for the clock, fails.
+async fn live_until_exp<F, Fut>(issued: &Value, expired: u16, probe: F)
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = u16>,
+{
+    let exp = issued["expires_at"].as_u64().unwrap();
+    let before = unix_now();
+    let status = probe().await;
+    let after = unix_now();
+    match status {
+        200 => assert!(before < exp, "live at {before}, on or after its exp {exp}"),
+        s if s == expired => assert!(after >= exp, "refused at {after}, before its exp {exp}"),
+        other => panic!("answered {other}"),
+    }
 }
 
 async fn verify(app: &TestApp, token: &str) -> (u16, Value) {
@@ -228,11 +253,9 @@ async fn delete_removes_and_revokes(backend: Backend) {
 
 async fn expired_token_fails_verification(backend: Backend) {
     let app = spawn_app_with(backend, &[("BROKER__TOKENS__LEEWAY_SECONDS", "0")]).await;
-    let token = app.issue("s5", 1).await["rtc_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    assert_eq!(verify(&app, &token).await.0, 200);
+    let issued = app.issue("s5", 2).await;
+    let token = issued["rtc_token"].as_str().unwrap().to_string();
+    live_until_exp(&issued, 401, || async { verify(&app, &token).await.0 }).await;
     assert!(
         eventually(Duration::from_secs(5), || async {
             verify(&app, &token).await.0 == 401
