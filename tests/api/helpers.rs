@@ -285,6 +285,20 @@ pub async fn wait_disconnected(app: &TestApp) {
     }
 }
 
+/// Waits until the app reports its Redis connection back (after a test
+/// restarted the server) and its outage writes replayed.
+pub async fn wait_connected(app: &TestApp) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (_, health) = app.get("/api/health").await;
+        if health["storage"] == "redis" {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still not on Redis: {health}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// The status a WebSocket handshake on `path` gets (101 when accepted),
 /// with an `Origin` header when given.
 pub async fn handshake_status(app: &TestApp, path: &str, origin: Option<&str>) -> u16 {

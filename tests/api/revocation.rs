@@ -8,7 +8,10 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::harness::Single;
-use crate::helpers::{handshake_status, read, spawn_app_on, wait_disconnected, Backend, TestApp};
+use crate::helpers::{
+    eventually, handshake_status, jwt_part, read, spawn_app_on, wait_connected, wait_disconnected,
+    Backend, TestApp,
+};
 
 async fn verify(app: &TestApp, token: &str) -> (u16, String) {
     let (status, body) = app
@@ -83,6 +86,59 @@ async fn revoked_before_an_outage_stays_refused_during_it_on_every_instance() {
             (401, Some("invalid_token"))
         );
     }
+}
+
+/// A revocation made during an outage (so only in the local copy and the
+/// journal) is pushed into the Redis set once Redis is back, so another
+/// instance learns it: that instance refuses the token during the next
+/// outage, when nothing but its own copy can answer. The marker key the
+/// journal replays does not help there (the fallback memory never sees it).
+#[tokio::test]
+async fn revoked_during_an_outage_reaches_the_other_instances_after_it() {
+    let mut redis = Single::start();
+    let env = vec![("REDIS_URL".to_string(), redis.url())];
+    let fast = [
+        ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "200"),
+        ("REDIS_COMMAND_TIMEOUT", "300"),
+        ("REDIS_CONNECT_TIMEOUT", "300"),
+    ];
+    let a = spawn_app_on(Backend::Single, env, &fast).await;
+    let b = a.sibling().await;
+    let token = a.issue("late", 300).await["rtc_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let jti = jwt_part(&token, 1)["jti"].as_str().unwrap().to_string();
+
+    redis.node.kill();
+    wait_disconnected(&a).await;
+    let (status, body) = a
+        .post_json("/api/tokens/revoke", &json!({ "token": token }))
+        .await;
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(verify(&a, &token).await, (401, "token revoked".into()));
+
+    redis.node.restart();
+    wait_connected(&a).await;
+    wait_connected(&b).await;
+    let set = format!("{}rtc:revocations", a.prefix);
+    assert!(
+        eventually(rtc_broker::tokens::SYNC_EVERY * 3, || async {
+            !redis.node.cli(&["ZSCORE", &set, &jti]).trim().is_empty()
+        })
+        .await,
+        "the outage's revocation never reached the set"
+    );
+    // Let b read the set, then take Redis away again.
+    tokio::time::sleep(rtc_broker::tokens::SYNC_EVERY + Duration::from_secs(1)).await;
+    redis.node.kill();
+    wait_disconnected(&b).await;
+    assert_eq!(verify(&b, &token).await, (401, "token revoked".into()));
+    let other = b.issue("other", 300).await["rtc_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(verify(&b, &other).await.0, 200, "only the revoked one");
 }
 
 #[tokio::test]
