@@ -1,5 +1,4 @@
-//! Background work: the merge of a stopped recording, and the retention
-//! sweep.
+//! Background work: the merge of a stopped recording, and its claim.
 //!
 //! A merge waits until no upload is in flight on any instance (their leases
 //! are gone, or older than an upload may take), takes the chunks in index
@@ -17,7 +16,7 @@ use tokio::sync::watch;
 
 use super::events::RecordingEvent;
 use super::merger::MergeError;
-use super::record::RecordState;
+use super::record::{Record, RecordState};
 use super::service::Inner;
 use super::storage::{ObjectKey, ObjectMeta};
 use super::RecordingError;
@@ -25,11 +24,11 @@ use crate::domain::Id;
 
 const LEASE_POLL: Duration = Duration::from_millis(50);
 /// A lease older than the upload timeout plus this is left by a dead instance.
-const LEASE_GRACE: Duration = Duration::from_secs(5);
+pub(super) const LEASE_GRACE: Duration = Duration::from_secs(5);
 const PROGRESS_STORE_EVERY: Duration = Duration::from_secs(1);
 /// How often a merging instance says it is alive in the record...
 const MERGE_KEEPALIVE: Duration = Duration::from_secs(2);
-/// ...and after how long without that a stop takes the merge over.
+/// ...and after how long without that another instance takes it over.
 pub(super) const MERGE_STALE_MS: u64 = 10_000;
 /// How long a finished merge keeps trying to record its outcome (a Redis
 /// failover may be in progress).
@@ -43,6 +42,39 @@ struct Done {
     chunks: u64,
     bytes: u64,
     stored: Vec<ObjectMeta>,
+}
+
+/// Marks the recording `merging` and starts its merge on this instance,
+/// when `stopping` a recording that still takes chunks, or when the
+/// instance running its merge stopped saying it is alive (it died). The
+/// compare-and-swap lets one claimant win. Returns the record as it
+/// stands, and whether this call claimed it.
+pub(super) async fn claim(
+    inner: &Arc<Inner>,
+    id: &Id,
+    stopping: bool,
+) -> Result<(Record, bool), RecordingError> {
+    let mut claimed = false;
+    let updated = inner
+        .update(id, |r| {
+            let now = crate::clock::unix_now_ms();
+            let abandoned = r.merge_abandoned(now, MERGE_STALE_MS);
+            claimed = (stopping && !r.is_stopped()) || abandoned;
+            if abandoned {
+                tracing::warn!(record_id = %id, "merge abandoned by its instance; taking it over");
+            }
+            if claimed {
+                r.state = RecordState::Merging;
+                r.progress = 0;
+                r.merge_alive_ms = Some(now);
+            }
+            claimed
+        })
+        .await?;
+    if claimed {
+        tokio::spawn(merge(inner.clone(), id.clone()));
+    }
+    Ok((updated, claimed))
 }
 
 /// Merges a stopped recording and records the outcome.
@@ -338,48 +370,4 @@ impl Drop for WorkDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Starts the retention sweep: finished recordings and abandoned chunks
-/// older than `recordings.retention_hours` are removed (their state in the
-/// store expires by its TTL).
-pub(super) fn start_sweeper(inner: Arc<Inner>) {
-    let every =
-        (inner.settings.retention() / 24).clamp(Duration::from_secs(60), Duration::from_secs(3600));
-    let weak = Arc::downgrade(&inner);
-    drop(inner);
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        loop {
-            tick.tick().await;
-            let Some(inner) = weak.upgrade() else { return };
-            if let Err(e) = sweep(&inner).await {
-                tracing::warn!(error = %crate::error::chain(&e), "recording retention sweep failed");
-            }
-        }
-    });
-}
-
-/// One pass of the retention sweep.
-pub(super) async fn sweep(inner: &Inner) -> Result<(), super::storage::StorageError> {
-    let retention = inner.settings.retention();
-    let expired = |m: &ObjectMeta| {
-        SystemTime::now()
-            .duration_since(m.modified)
-            .is_ok_and(|age| age > retention)
-    };
-    for output in inner.outputs.list(&ObjectKey::root()).await? {
-        if expired(&output) {
-            inner.outputs.delete(&output.key).await?;
-        }
-    }
-    for prefix in inner.chunks.prefixes().await? {
-        let objects = inner.chunks.list(&prefix).await?;
-        if !objects.is_empty() && objects.iter().all(expired) {
-            for object in &objects {
-                inner.chunks.delete(&object.key).await?;
-            }
-        }
-    }
-    Ok(())
 }

@@ -8,7 +8,8 @@
 //! exclusive create as the fence, and repair when the counter went
 //! backwards), `upload` (one chunk on its way in, with the lease a stop
 //! waits for), `merger` (ffmpeg/ffprobe as child processes), `job` (the
-//! background merge), `events` (progress and results for the recording's
+//! background merge), `janitor` (retention, leftovers of crashed uploads
+//! and merges, merges abandoned by a dead instance), `events` (progress and results for the recording's
 //! WebSocket), `socket` (that WebSocket: chunks in, events out) and `service` (the [`Recordings`] handle the routes use).
 //! Recordings reach the rest of the broker only through the [`Store`] and
 //! [`TokenService`] handles.
@@ -18,6 +19,7 @@
 
 mod allocator;
 pub mod events;
+mod janitor;
 mod job;
 pub mod merger;
 mod record;

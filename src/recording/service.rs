@@ -158,7 +158,7 @@ impl Recordings {
             sockets: std::sync::atomic::AtomicUsize::new(0),
             merge_seconds: merge_histogram(),
         });
-        super::job::start_sweeper(inner.clone());
+        super::janitor::start(inner.clone());
         Ok(Self { inner })
     }
 
@@ -229,27 +229,7 @@ impl Recordings {
     #[tracing::instrument(skip_all, fields(record_id = %record))]
     pub async fn stop(&self, record: &Id) -> Result<RecordState, RecordingError> {
         self.available()?;
-        let mut started = false;
-        let updated = self
-            .inner
-            .update(record, |r| {
-                let now = unix_now_ms();
-                let abandoned = r.merge_abandoned(now, super::job::MERGE_STALE_MS);
-                started = !r.is_stopped() || abandoned;
-                if abandoned {
-                    tracing::warn!("merge abandoned by its instance; taking it over");
-                }
-                if started {
-                    r.state = RecordState::Merging;
-                    r.progress = 0;
-                    r.merge_alive_ms = Some(now);
-                }
-                started
-            })
-            .await?;
-        if started {
-            tokio::spawn(super::job::merge(self.inner.clone(), record.clone()));
-        }
+        let (updated, _) = super::job::claim(&self.inner, record, true).await?;
         Ok(updated.state)
     }
 

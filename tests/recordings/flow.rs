@@ -230,6 +230,14 @@ async fn a_merge_over_its_timeout_is_killed_and_failed() {
     );
 }
 
+/// Sets a folder's modification time `hours` back.
+fn age_dir(path: &std::path::Path, hours: u64) {
+    let then = std::time::SystemTime::now() - Duration::from_secs(hours * 3600);
+    std::fs::File::open(path)
+        .and_then(|f| f.set_modified(then))
+        .unwrap_or_else(|e| panic!("cannot age {}: {e}", path.display()));
+}
+
 /// Sets a file's modification time `hours` back.
 fn age(path: &std::path::Path, hours: u64) {
     let then = std::time::SystemTime::now() - Duration::from_secs(hours * 3600);
@@ -273,13 +281,42 @@ async fn the_retention_sweep_removes_old_results_and_chunks() {
     for entry in std::fs::read_dir(app.chunk_dir(&abandoned)).unwrap() {
         age(&entry.unwrap().path(), 2);
     }
+    // What a crash mid-upload or mid-merge leaves: a chunk body and a work
+    // folder nothing touched for longer than an upload or merge may take
+    // (plus an hour's grace) go; fresh ones may belong to a live instance.
+    let root = app.dirs.path().join("chunks");
+    let leftovers = [
+        root.join(".incoming/crashed"),
+        root.join(".merge/crashed/0000000000.webm"),
+    ];
+    let fresh = [
+        root.join(".incoming/live"),
+        root.join(".merge/live/0000000000.webm"),
+    ];
+    for file in leftovers.iter().chain(&fresh) {
+        std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+        std::fs::write(file, b"partial").unwrap();
+    }
+    for file in &leftovers {
+        age(file, 2);
+    }
+    age_dir(&root.join(".merge/crashed"), 2);
     // A restart on the same folders sweeps at once.
     let restarted = rec_app_in(app.dirs.clone(), Backend::Memory, None, &retention).await;
     let swept = crate::helpers::eventually(Duration::from_secs(10), || async {
-        !old_output.exists() && !app.chunk_dir(&abandoned).exists()
+        !old_output.exists()
+            && !app.chunk_dir(&abandoned).exists()
+            && !leftovers[0].exists()
+            && !root.join(".merge/crashed").exists()
     })
     .await;
-    assert!(swept, "old result and abandoned chunks removed");
+    assert!(
+        swept,
+        "old result, abandoned chunks, old chunk body and work folder removed"
+    );
+    for file in &fresh {
+        assert!(file.exists(), "{} stays", file.display());
+    }
     assert!(new_output.exists(), "a newer result stays");
     assert_eq!(
         stored_chunks(&restarted.chunk_dir(&kept)).len(),

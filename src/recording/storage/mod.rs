@@ -59,6 +59,16 @@ impl ObjectKey {
         Self(format!("{record}.uploads/"))
     }
 
+    /// The recording a [`Self::chunks_of`] prefix (as `prefixes` lists
+    /// them) belongs to; `None` for any other key.
+    pub fn chunks_record(&self) -> Option<Id> {
+        let id = self.0.strip_suffix('/')?;
+        if id.contains('/') || id.ends_with(".uploads") {
+            return None;
+        }
+        Id::parse(id).ok()
+    }
+
     /// The top level of a store (finished recordings are kept there).
     pub fn root() -> Self {
         Self(String::new())
@@ -144,6 +154,10 @@ mod tests {
         assert_eq!(ObjectKey::chunk(&r, 42).chunk_index(), Some(42));
         assert_eq!(ObjectKey::lease(&r, &r).chunk_index(), None);
         assert_eq!(ObjectKey::output(&r).as_str(), "rec-1.webm");
+        assert_eq!(ObjectKey::chunks_of(&r).chunks_record(), Some(r.clone()));
+        assert_eq!(ObjectKey::leases_of(&r).chunks_record(), None);
+        assert_eq!(ObjectKey::chunk(&r, 1).chunks_record(), None);
+        assert_eq!(ObjectKey::output(&r).chunks_record(), None);
     }
 
     #[test]
