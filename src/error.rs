@@ -197,6 +197,10 @@ fn recording_code(e: &RecordingError) -> (&'static str, StatusCode) {
 /// (written in `routes::recordings`, which adds `Content-Range`).
 pub const RANGE_NOT_SATISFIABLE: &str = "range_not_satisfiable";
 
+/// The code of the 431 the HTTP layer answers for a request head over its
+/// limits (written by the vendored actix-http dispatcher, before routing).
+pub const HEADERS_TOO_LARGE: &str = "headers_too_large";
+
 /// Every error code the broker answers with, and its status: the enum of
 /// the OpenAPI document's error schema. Keep it in step with
 /// `code_and_status` and `recording_code` (the tests below check both ways).
@@ -228,6 +232,10 @@ pub const ERROR_CODES: &[(&str, StatusCode)] = &[
     ("too_many_chunks", StatusCode::CONFLICT),
     ("no_rtc_token", StatusCode::PRECONDITION_FAILED),
     ("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE),
+    (
+        HEADERS_TOO_LARGE,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+    ),
     ("chunk_too_large", StatusCode::PAYLOAD_TOO_LARGE),
     ("unsupported_media_type", StatusCode::UNSUPPORTED_MEDIA_TYPE),
     (RANGE_NOT_SATISFIABLE, StatusCode::RANGE_NOT_SATISFIABLE),
@@ -409,6 +417,8 @@ mod tests {
             .map(|(c, s)| (c, s.as_u16()))
             .collect();
         produced.insert((RANGE_NOT_SATISFIABLE, 416));
+        // Written before routing, by vendor/actix-http (tests/api/slowloris.rs).
+        produced.insert((HEADERS_TOO_LARGE, 431));
         let unlisted: Vec<_> = produced.difference(&listed).collect();
         let unproduced: Vec<_> = listed.difference(&produced).collect();
         assert!(unlisted.is_empty(), "not in ERROR_CODES: {unlisted:?}");

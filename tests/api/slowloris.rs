@@ -2,8 +2,10 @@
 //! head are cut off after `server.client_request_timeout_ms` (408 or EOF)
 //! while normal requests on fresh connections are answered promptly; a
 //! body slower than `server.body_timeout_ms` gets 408 `request_timeout`; a
-//! head over 128 KiB or with more than 96 headers gets 431; the broker
-//! stays healthy throughout. Loopback only, every loop bounded.
+//! head over 128 KiB or with more than 96 headers gets 431; these answers
+//! of the HTTP layer, and its 400 for a garbled request, carry the JSON
+//! error body; the broker stays healthy throughout. Loopback only, every
+//! loop bounded.
 
 use std::time::{Duration, Instant};
 
@@ -199,6 +201,7 @@ async fn oversized_heads_get_431_and_the_broker_stays_healthy() {
             .await
             .unwrap_or_else(|e| panic!("{what}: {e}"));
         assert_eq!(response.status, 431, "{what}: {}", response.head);
+        assert_contract(&response, "headers_too_large");
         assert_healthy(&app).await;
         let took = timed(
             &addr,
@@ -209,6 +212,61 @@ async fn oversized_heads_get_431_and_the_broker_stays_healthy() {
         .await;
         assert!(took < PROMPT, "{what}: then a token took {took:?}");
     }
+}
+
+/// The answers the HTTP layer gives before any route sees the request
+/// (the vendored dispatcher's `contract_error`) keep the error contract:
+/// the JSON body, a code listed in `ERROR_CODES` with that status.
+fn assert_contract(response: &RawResponse, code: &str) {
+    if let Some(why) = wire::contract_violation(response) {
+        panic!("{}: {why}: {}", response.status, response.text());
+    }
+    assert_eq!(
+        response.json().unwrap()["error"],
+        code,
+        "{}",
+        response.text()
+    );
+    let listed = rtc_broker::error::ERROR_CODES
+        .iter()
+        .any(|(c, s)| *c == code && s.as_u16() == response.status);
+    assert!(listed, "{code} {} is not in ERROR_CODES", response.status);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_before_routing_keep_the_error_contract() {
+    let app = slow_app().await;
+    let addr = wire::host(&app.address);
+    for garbled in [
+        &b"GET /health/live HTTP/9.9\r\n\r\n"[..],
+        b"GET /health/live HTTP/1.1\r\nbad header\r\n\r\n",
+        b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
+        b"POST /api/voice/token HTTP/1.1\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\nhello",
+    ] {
+        let response = wire::exchange(&addr, garbled, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("{:?}: {e}", String::from_utf8_lossy(garbled)));
+        assert_eq!(
+            response.status,
+            400,
+            "{:?}",
+            String::from_utf8_lossy(garbled)
+        );
+        assert_contract(&response, "invalid_request");
+    }
+    // A head that stops arriving: 408 with its body, then the close.
+    let started = Instant::now();
+    let response = wire::exchange(
+        &addr,
+        b"GET /health/live HTTP/1.1\r\nhost: x\r\n",
+        CUT_OFF * 2,
+    )
+    .await
+    .expect("an answer to a stalled head");
+    assert_eq!(response.status, 408, "{}", response.head);
+    assert_contract(&response, "request_timeout");
+    println!("a stalled head got its 408 after {:?}", started.elapsed());
+    assert_healthy(&app).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -561,8 +561,25 @@ where
         }
 
         let size = self.as_mut().send_response_inner(res, &body)?;
-        match size {
-            BodySize::None | BodySize::Sized(0) => {
+        // PATCH (contract errors): a body known whole (the JSON of
+        // `contract_error`) is written with the head at once, so it reaches
+        // the client even when the connection shuts down right after (the
+        // head timer's 408), and the response then counts as finished.
+        let body = match body.try_into_bytes() {
+            Ok(bytes) => {
+                if !bytes.is_empty() {
+                    let this = self.as_mut().project();
+                    this.codec
+                        .encode(Message::Chunk(Some(bytes)), this.write_buf)
+                        .and_then(|()| this.codec.encode(Message::Chunk(None), this.write_buf))
+                        .map_err(DispatchError::Io)?;
+                }
+                None
+            }
+            Err(body) => Some(body),
+        };
+        match (size, body) {
+            (BodySize::None | BodySize::Sized(0), _) | (_, None) => {
                 let mut this = self.as_mut().project();
 
                 if close_for_unread_payload {
@@ -577,7 +594,7 @@ where
 
                 this.state.set(State::None);
             }
-            _ => self
+            (_, Some(body)) => self
                 .as_mut()
                 .project()
                 .state
@@ -634,7 +651,9 @@ where
                         // send_response would update InnerDispatcher state to SendPayload or None
                         // (If response body is empty)
                         // continue loop to poll it
-                        self.as_mut().send_error_response(res, BoxBody::new(()))?;
+                        // PATCH (contract errors): with the broker's JSON body.
+                        let (res, body) = contract_error(res);
+                        self.as_mut().send_error_response(res, body)?;
                     }
 
                     // return with upgrade request and poll it exclusively
@@ -1092,10 +1111,10 @@ where
 
                 trace!("timed out on slow request; replying with 408 and closing connection");
 
-                let _ = self.as_mut().send_error_response(
-                    Response::with_body(StatusCode::REQUEST_TIMEOUT, ()),
-                    BoxBody::new(()),
-                );
+                // PATCH (contract errors): with the broker's JSON body.
+                let (res, body) =
+                    contract_error(Response::with_body(StatusCode::REQUEST_TIMEOUT, ()));
+                let _ = self.as_mut().send_error_response(res, body);
 
                 self.project().flags.insert(Flags::SHUTDOWN);
             }
@@ -1526,6 +1545,32 @@ where
             }
         }
     }
+}
+
+/// PATCH (contract errors): the answers this dispatcher gives by itself,
+/// before any service sees the request, carry the broker's error body
+/// `{"error": code, "detail": text}` (its SPEC section 3) instead of none.
+/// The codes are the broker's `error::ERROR_CODES` entries for these
+/// statuses; its tests read these answers off a socket.
+fn contract_error(mut res: Response<()>) -> (Response<()>, BoxBody) {
+    let (code, detail) = match res.status() {
+        StatusCode::BAD_REQUEST => ("invalid_request", "the request is not valid HTTP/1.1"),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => (
+            "headers_too_large",
+            "the request head is over its size or header count limit",
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            "request_timeout",
+            "the request head did not arrive in time",
+        ),
+        _ => ("internal_error", "the request could not be served"),
+    };
+    let body = format!(r#"{{"error":"{code}","detail":"{detail}"}}"#);
+    res.headers_mut().insert(
+        crate::header::CONTENT_TYPE,
+        crate::header::HeaderValue::from_static("application/json"),
+    );
+    (res, BoxBody::new(body))
 }
 
 fn should_close_for_unread_payload(
