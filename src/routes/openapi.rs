@@ -44,8 +44,12 @@ use console::ConsoleFiles;
         (SPEC sections 3-9). Every error is JSON `{\"error\": <code>, \"detail\": <text>}` \
         (schema `Error`); any path answers 404 `not_found` when no route matches and 405 \
         `method_not_allowed` for another method, and every call but the health checks may \
-        answer 503 `overloaded` with `Retry-After`. Calls listing the API key schemes need \
-        one when any is configured (`auth.api_keys`); without keys they are open."),
+        answer 503 `overloaded` with `Retry-After`. A browser request whose `Origin` is not in \
+        `cors.allowed_origins` (and not the broker's own) gets 403 `origin_forbidden` on any \
+        call. Before any route, the HTTP layer answers 400 `invalid_request` for a request it \
+        cannot parse, 431 `headers_too_large` for a head over 128 KiB or 96 headers, and 408 \
+        `request_timeout` for a head that does not arrive in time. Calls listing the API key \
+        schemes need one when any is configured (`auth.api_keys`); without keys they are open."),
     paths(
         operations::health, operations::live, operations::ready, operations::storage_status,
         operations::metrics, operations::openapi,
@@ -147,6 +151,8 @@ impl Modify for ErrorResponses {
                 if shed {
                     codes.push("overloaded");
                 }
+                // The CORS layer's refusal, in front of every route.
+                codes.push("origin_forbidden");
                 document_codes(op, &codes);
             }
         }

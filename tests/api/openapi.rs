@@ -153,6 +153,43 @@ async fn every_documented_operation_is_routed() {
     }
 }
 
+/// The CORS layer stands in front of every route: each documented
+/// operation refuses a foreign `Origin` with 403 `origin_forbidden`, and
+/// its document says so.
+#[tokio::test]
+async fn every_operation_documents_and_answers_origin_forbidden() {
+    let app = spawn_app_with(
+        Backend::Memory,
+        &[("BROKER__CORS__ALLOWED_ORIGINS", "https://app.example.com")],
+    )
+    .await;
+    let (_, document) = request(&app, Method::GET, "/api/openapi.json").await;
+    for (method, template) in documented(&document) {
+        let described = document["paths"][&template][method.to_lowercase()]["responses"]["403"]
+            ["description"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            described.contains("`origin_forbidden`"),
+            "{method} {template} does not document origin_forbidden"
+        );
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let path = fill(&template, "openapi-probe");
+        let response = app
+            .client
+            .request(method.clone(), app.url(&path))
+            .header("origin", "https://elsewhere.example")
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status().as_u16(), 403, "{method} {path}");
+        if method != Method::HEAD {
+            let body: Value = response.json().await.expect("JSON body");
+            assert_eq!(body["error"], "origin_forbidden", "{method} {path}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn the_error_enum_is_error_codes() {
     let (_app, document, _dir) = app_and_document().await;

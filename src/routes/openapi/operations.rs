@@ -45,7 +45,8 @@ const DOWNLOAD: &[&str] = &[
 const CONSOLE: &[&str] = &["not_found"];
 
 /// The codes each operation (by `operationId`) can answer besides 503
-/// `overloaded`, which every operation outside `overload::EXEMPT` can, and
+/// `overloaded`, which every operation outside `overload::EXEMPT` can, 403
+/// `origin_forbidden`, which every operation can (the CORS layer), and
 /// the route-level 404 `not_found` and 405 `method_not_allowed`. An
 /// operation answering `unauthorized` takes the API key; one answering
 /// `rate_limited` carries the `RateLimit-*` headers on success too.
