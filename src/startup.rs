@@ -118,7 +118,7 @@ impl Application {
             key: "sessions.default_ttl_seconds",
             reason: e.to_string(),
         })?;
-        let revocations = Revocations::start(redis.clone());
+        let revocations = Revocations::start(redis.clone(), pubsub.clone());
         let tokens = TokenService::new(keys, store.clone(), revocations, &settings.tokens);
         let recordings = Recordings::start(
             &settings.recordings,

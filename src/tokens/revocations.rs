@@ -3,9 +3,12 @@
 //! the revocation marker, which lives only in Redis).
 //!
 //! Every revocation is also added to one sorted set in Redis (`jti` scored
-//! by the unix second it lapses), which each instance reads back every
-//! `SYNC_EVERY` while Redis answers. Revocations made during an outage are
-//! kept locally and pushed into the set at the next sync, so the other
+//! by the unix second it lapses) and published on a channel of the same
+//! name, so the other instances add it to their copies within
+//! milliseconds; each instance also reads the set back every `SYNC_EVERY`
+//! while Redis answers, which covers what pub/sub dropped (a failover, a
+//! subscription not yet in place). Revocations made during an outage are
+//! kept locally and pushed (and published) at the next sync, so the other
 //! instances learn them too. The per-`jti` marker keys stay the authority
 //! while Redis answers; this copy only adds refusals, never removes one.
 
@@ -16,13 +19,15 @@ use std::time::Duration;
 use redis::{Script, Value};
 
 use crate::clock::unix_now;
+use crate::pubsub::{PubSub, Sink};
 use crate::store::{RedisStore, StoreError};
 
 /// How often the copy is refreshed from Redis: a revocation made this long
 /// before an outage is known everywhere during it.
 pub const SYNC_EVERY: Duration = Duration::from_secs(2);
 
-/// The set, after the key prefix; one key, so one cluster slot.
+/// The set, after the key prefix; one key, so one cluster slot. The
+/// channel has the same name (so the same slot for sharded pub/sub).
 const SET: &str = "rtc:revocations";
 
 /// KEYS[1] the set; ARGV[1] now, ARGV[2] "1" to read the set back, then
@@ -47,6 +52,7 @@ pub struct Revocations {
 
 struct Inner {
     redis: Option<RedisStore>,
+    pubsub: Option<PubSub>,
     script: Script,
     state: Mutex<Known>,
 }
@@ -60,18 +66,27 @@ struct Known {
 }
 
 impl Revocations {
-    /// Starts the sync task when Redis is configured; it ends with the last handle.
-    pub fn start(redis: Option<RedisStore>) -> Self {
+    /// Starts the sync task when Redis is configured, and subscribes to
+    /// the other instances' revocations when pub/sub is; both end with the
+    /// last handle.
+    pub fn start(redis: Option<RedisStore>, pubsub: Option<PubSub>) -> Self {
         let has_redis = redis.is_some();
         let revocations = Self {
             inner: Arc::new(Inner {
                 redis,
+                pubsub: pubsub.clone(),
                 script: Script::new(SYNC),
                 state: Mutex::default(),
             }),
         };
         if has_redis {
             tokio::spawn(keep_synced(Arc::downgrade(&revocations.inner)));
+        }
+        if let Some(pubsub) = pubsub {
+            let sink = Arc::new(Published(Arc::downgrade(&revocations.inner)));
+            pubsub.route(SET, sink);
+            let channel = format!("{}{SET}", pubsub.key_prefix());
+            tokio::spawn(async move { pubsub.want(channel, true).await });
         }
         revocations
     }
@@ -143,18 +158,61 @@ impl Inner {
         let key = format!("{}{SET}", redis.settings().key_prefix);
         let reply = redis.script(&self.script, vec![key], args).await?;
         let remote = parse_scores(reply)?;
-        let mut known = self.lock();
-        for (jti, until) in &pushed {
-            if known.unsynced.get(jti) == Some(until) {
-                known.unsynced.remove(jti);
+        {
+            let mut known = self.lock();
+            for (jti, until) in &pushed {
+                if known.unsynced.get(jti) == Some(until) {
+                    known.unsynced.remove(jti);
+                }
             }
+            known.live.retain(|_, until| *until >= now);
+            known.merge(remote);
         }
-        known.live.retain(|_, until| *until >= now);
-        for (jti, until) in remote {
-            let entry = known.live.entry(jti).or_insert(until);
+        self.publish(&pushed).await;
+        Ok(())
+    }
+
+    /// Tells the other instances at once; one that misses it reads the set
+    /// at its next sync.
+    async fn publish(&self, pushed: &[(String, u64)]) {
+        let Some(pubsub) = self.pubsub.as_ref().filter(|_| !pushed.is_empty()) else {
+            return;
+        };
+        let channel = format!("{}{SET}", pubsub.key_prefix());
+        let payload = serde_json::to_vec(pushed).unwrap_or_default();
+        if let Err(e) = pubsub.publish(&channel, &payload).await {
+            tracing::debug!(error = %e, "revocation not published; the others read it at their sync");
+        }
+    }
+}
+
+impl Known {
+    /// Adds revocations others made (the later lapse wins).
+    fn merge(&mut self, revoked: impl IntoIterator<Item = (String, u64)>) {
+        for (jti, until) in revoked {
+            let entry = self.live.entry(jti).or_insert(until);
             *entry = (*entry).max(until);
         }
-        Ok(())
+    }
+}
+
+/// The channel's messages: `[[jti, lapses], ...]` from another instance
+/// (or this one, which changes nothing).
+struct Published(Weak<Inner>);
+
+impl Sink for Published {
+    fn message(&self, _channel: &[u8], payload: &[u8]) {
+        let Some(inner) = self.0.upgrade() else {
+            return;
+        };
+        match serde_json::from_slice::<Vec<(String, u64)>>(payload) {
+            Ok(revoked) => inner.lock().merge(revoked),
+            Err(e) => tracing::warn!(error = %e, "unreadable revocation message ignored"),
+        }
+    }
+
+    fn subscribed(&self, _channel: &str) {
+        // What was published meanwhile is in the set: the next sync reads it.
     }
 }
 
@@ -207,7 +265,7 @@ mod tests {
 
     #[tokio::test]
     async fn local_revocations_lapse() {
-        let revocations = Revocations::start(None);
+        let revocations = Revocations::start(None, None);
         revocations.add("a", unix_now() + 60).await;
         revocations.add("old", unix_now() - 1).await;
         assert!(revocations.is_revoked("a"));

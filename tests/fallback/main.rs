@@ -223,7 +223,10 @@ async fn outage_writes_reach_redis_after_restart<T: DataNode>(
     assert_eq!(record["members"][0]["member_id"], "m1");
     assert_eq!(short, "0", "an expired entry was replayed");
 
-    // The second instance reads what the first acknowledged during the outage.
+    // The second instance reads what the first acknowledged during the
+    // outage, once it is back on Redis itself (until then it serves from
+    // its own memory, which never held t1).
+    b.wait_back_on_redis().await;
     let (status, body) = b.get("/api/voice/token/t1").await;
     assert_eq!(
         (status, body["rtc_token"].as_str()),
