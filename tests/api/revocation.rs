@@ -33,13 +33,8 @@ async fn upload_chunk(app: &TestApp, record: &str, token: &str) -> (u16, serde_j
     read(res).await
 }
 
-async fn room_handshake(app: &TestApp, room: &str, token: &str) -> u16 {
-    handshake_status(app, &format!("/ws/rooms/{room}?token={token}"), None).await
-}
-
-#[tokio::test]
-async fn revoked_before_an_outage_stays_refused_during_it_on_every_instance() {
-    let mut redis = Single::start();
+/// Two instances on `redis` that notice it gone (or back) within ~0.5 s.
+async fn two_instances_quick_to_notice(redis: &Single) -> (TestApp, TestApp) {
     let env = vec![("REDIS_URL".to_string(), redis.url())];
     let fast = [
         ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "200"),
@@ -48,15 +43,28 @@ async fn revoked_before_an_outage_stays_refused_during_it_on_every_instance() {
     ];
     let a = spawn_app_on(Backend::Single, env, &fast).await;
     let b = a.sibling().await;
+    (a, b)
+}
 
-    let revoked = a.issue("gone", 300).await["rtc_token"]
+/// A fresh RTC token for `session`, issued by `app`.
+async fn rtc_token(app: &TestApp, session: &str) -> String {
+    app.issue(session, 300).await["rtc_token"]
         .as_str()
         .unwrap()
-        .to_string();
-    let kept = a.issue("kept", 300).await["rtc_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+        .to_string()
+}
+
+async fn room_handshake(app: &TestApp, room: &str, token: &str) -> u16 {
+    handshake_status(app, &format!("/ws/rooms/{room}?token={token}"), None).await
+}
+
+#[tokio::test]
+async fn revoked_before_an_outage_stays_refused_during_it_on_every_instance() {
+    let mut redis = Single::start();
+    let (a, b) = two_instances_quick_to_notice(&redis).await;
+
+    let revoked = rtc_token(&a, "gone").await;
+    let kept = rtc_token(&a, "kept").await;
     let (status, started) = a.post_json("/api/recordings", &json!({})).await;
     assert_eq!(status, 201, "{started}");
     let record = started["record_id"].as_str().unwrap().to_string();
@@ -96,18 +104,8 @@ async fn revoked_before_an_outage_stays_refused_during_it_on_every_instance() {
 #[tokio::test]
 async fn revoked_during_an_outage_reaches_the_other_instances_after_it() {
     let mut redis = Single::start();
-    let env = vec![("REDIS_URL".to_string(), redis.url())];
-    let fast = [
-        ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "200"),
-        ("REDIS_COMMAND_TIMEOUT", "300"),
-        ("REDIS_CONNECT_TIMEOUT", "300"),
-    ];
-    let a = spawn_app_on(Backend::Single, env, &fast).await;
-    let b = a.sibling().await;
-    let token = a.issue("late", 300).await["rtc_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let (a, b) = two_instances_quick_to_notice(&redis).await;
+    let token = rtc_token(&a, "late").await;
     let jti = jwt_part(&token, 1)["jti"].as_str().unwrap().to_string();
 
     redis.node.kill();
@@ -134,10 +132,7 @@ async fn revoked_during_an_outage_reaches_the_other_instances_after_it() {
     redis.node.kill();
     wait_disconnected(&b).await;
     assert_eq!(verify(&b, &token).await, (401, "token revoked".into()));
-    let other = b.issue("other", 300).await["rtc_token"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let other = rtc_token(&b, "other").await;
     assert_eq!(verify(&b, &other).await.0, 200, "only the revoked one");
 }
 
@@ -179,10 +174,7 @@ async fn a_revocation_reaches_the_other_instance_at_once(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..5u64 {
         let session = format!("fast{i}");
-        let token = a.issue(&session, 300).await["rtc_token"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let token = rtc_token(&a, &session).await;
         assert_eq!(
             a.delete(&format!("/api/voice/token/{session}")).await.0,
             204
