@@ -27,9 +27,10 @@ const PEAK_GROWTH_MIB: u64 = 64;
 const AFTER_GROWTH_MIB: u64 = 32;
 const SETTLE: Duration = Duration::from_secs(10);
 /// A normal request during the burst must be answered within this: a bound
-/// for "not starved", not a latency target. Measured: ~50 ms; 2.7-3.4 s on
-/// the memory store with actix's unbounded queue.
-const PROMPT: Duration = Duration::from_secs(1);
+/// for "not starved", not a latency target. Measured: ~50 ms on a quiet
+/// machine, up to 1.2 s with a second test suite sharing the two cores;
+/// 2.7-3.4 s on the memory store with actix's unbounded queue.
+const PROMPT: Duration = Duration::from_secs(2);
 
 fn rss_mib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");

@@ -81,7 +81,8 @@ fn limited_env() -> Vec<(&'static str, &'static str)> {
         ("BROKER__RATE_LIMIT__TOKENS_PER_WINDOW", LIMIT),
         ("BROKER__RATE_LIMIT__WINDOW_SECONDS", "60"),
         ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "200"),
-        ("REDIS_COMMAND_TIMEOUT", "300"),
+        // Generous: a slow command must not pass for an outage here.
+        ("REDIS_COMMAND_TIMEOUT", "1000"),
         ("REDIS_CONNECT_TIMEOUT", "300"),
     ]
 }

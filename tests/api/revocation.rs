@@ -38,7 +38,8 @@ async fn two_instances_quick_to_notice(redis: &Single) -> (TestApp, TestApp) {
     let env = vec![("REDIS_URL".to_string(), redis.url())];
     let fast = [
         ("BROKER__REDIS__HEALTH_CHECK_INTERVAL_MS", "200"),
-        ("REDIS_COMMAND_TIMEOUT", "300"),
+        // Generous: a slow command must not pass for an outage here.
+        ("REDIS_COMMAND_TIMEOUT", "1000"),
         ("REDIS_CONNECT_TIMEOUT", "300"),
     ];
     let a = spawn_app_on(Backend::Single, env, &fast).await;
@@ -79,8 +80,8 @@ async fn revoked_before_an_outage_stays_refused_during_it_on_every_instance() {
         .post_json("/api/tokens/revoke", &json!({ "token": upload }))
         .await;
     assert_eq!(status, 204, "{body}");
-    // Let b read the revocations into its copy, then take Redis away.
-    tokio::time::sleep(rtc_broker::tokens::SYNC_EVERY + Duration::from_secs(1)).await;
+    // Once b holds both revocations in its copy, take Redis away.
+    learns(&b, 2).await;
     redis.node.kill();
     for app in [&a, &b] {
         wait_disconnected(app).await;
@@ -127,8 +128,8 @@ async fn revoked_during_an_outage_reaches_the_other_instances_after_it() {
         .await,
         "the outage's revocation never reached the set"
     );
-    // Let b read the set, then take Redis away again.
-    tokio::time::sleep(rtc_broker::tokens::SYNC_EVERY + Duration::from_secs(1)).await;
+    // Once b holds it (from the set or the channel), Redis goes again.
+    learns(&b, 1).await;
     redis.node.kill();
     wait_disconnected(&b).await;
     assert_eq!(verify(&b, &token).await, (401, "token revoked".into()));
@@ -154,6 +155,18 @@ async fn known(app: &TestApp) -> u64 {
         .unwrap_or_else(|| panic!("no rtc_revocations_known in {text}"))
 }
 
+/// Waits until `app`'s copy holds `count` revocations (a sync or a
+/// message may take a reconnect's backoff first).
+async fn learns(app: &TestApp, count: u64) {
+    assert!(
+        eventually(rtc_broker::tokens::SYNC_EVERY * 5, || async {
+            known(app).await == count
+        })
+        .await,
+        "the copy never held {count} revocations"
+    );
+}
+
 /// A revocation reaches the other instance's copy over pub/sub within
 /// milliseconds, not at its next sync (every 2 s): five in a row, spaced
 /// unevenly, are each in b's copy within 400 ms. Were they left to the
@@ -164,13 +177,7 @@ async fn a_revocation_reaches_the_other_instance_at_once(backend: Backend) {
     // b's subscription is in place once a first revocation reached it.
     a.issue("prime", 300).await;
     assert_eq!(a.delete("/api/voice/token/prime").await.0, 204);
-    assert!(
-        eventually(rtc_broker::tokens::SYNC_EVERY * 3, || async {
-            known(&b).await == 1
-        })
-        .await,
-        "b never learned the first revocation"
-    );
+    learns(&b, 1).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     for i in 0..5u64 {
         let session = format!("fast{i}");

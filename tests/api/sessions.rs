@@ -193,15 +193,15 @@ async fn session_expires_and_leaves_storage(backend: Backend) {
     for i in 0..200 {
         app.post_json(
             "/api/sessions",
-            &json!({"session_id": format!("bulk{i}"), "ttl_seconds": 1}),
+            &json!({"session_id": format!("bulk{i}"), "ttl_seconds": 3}),
         )
         .await;
-        app.issue(&format!("bulk{i}"), 1).await;
+        app.issue(&format!("bulk{i}"), 3).await;
     }
     assert!(app.stored_entries().await > baseline, "entries are counted");
     // Nothing reads these keys again: only the sweeper can free them.
     assert!(
-        eventually(Duration::from_secs(6), || async {
+        eventually(Duration::from_secs(10), || async {
             app.stored_entries().await <= baseline
         })
         .await,
@@ -214,19 +214,19 @@ async fn every_write_slides_the_ttl(backend: Backend) {
     let (_, record) = app
         .post_json(
             "/api/sessions",
-            &json!({"session_id": "slide", "ttl_seconds": 3}),
+            &json!({"session_id": "slide", "ttl_seconds": 5}),
         )
         .await;
     let first_expiry = record["expires_at"].as_u64().unwrap();
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    // Written 1 s before the TTL runs out...
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    // Written 2 s before the TTL runs out...
     let (status, record) = app
         .post_json("/api/sessions/slide/members", &json!({"member_id": "late"}))
         .await;
     assert_eq!(status, 201, "{record}");
     assert!(record["expires_at"].as_u64().unwrap() > first_expiry);
     // ...it lives on past the original expiry.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
     let (status, record) = app.get("/api/sessions/slide").await;
     assert_eq!(status, 200, "session died at its original expiry");
     assert_eq!(record["members"][0]["member_id"], "late");

@@ -23,9 +23,9 @@ const BYTE_EVERY: Duration = Duration::from_millis(500);
 const TIMEOUT_MS: &str = "1000";
 /// A dribbling connection must be cut off within this of opening: the
 /// timeout, plus actix's clock (it ticks every 500 ms) and scheduling.
-const CUT_OFF: Duration = Duration::from_secs(3);
+const CUT_OFF: Duration = Duration::from_secs(4);
 /// Bound on each normal request during the attack (measured: a few ms).
-const PROMPT: Duration = Duration::from_secs(2);
+const PROMPT: Duration = Duration::from_secs(3);
 
 async fn slow_app() -> TestApp {
     spawn_app_with(

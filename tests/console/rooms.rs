@@ -45,9 +45,14 @@ async fn two_pages_on_two_instances_talk_see_each_other_and_resume() {
     let seen_by_alice = ui::wait_message(&alice, "hi alice").await;
     assert_eq!(seen_by_alice.from, "bob");
 
-    // Alice's socket drops for 3 s; Bob writes meanwhile.
+    // Alice's socket drops; Bob writes meanwhile. The button's 3 s hold is
+    // stretched to 10 s so a slow browser still sends within it; the
+    // resume below needs no more than the socket coming back.
     let last_seen = alice.eval("rtcConsole.room.lastId").await;
     assert_eq!(last_seen, seen_by_alice.id);
+    alice
+        .eval("document.getElementById('drop-connection').dataset.outageMs = '10000'")
+        .await;
     alice.click("drop-connection").await;
     alice
         .wait_for(

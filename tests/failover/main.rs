@@ -251,6 +251,18 @@ async fn sentinel_failover_and_master_kill_are_followed_without_restart() {
         .filter(|s| s.ok && s.at >= promoted2)
         .collect();
     assert!(!after.is_empty(), "no writes after the last promotion");
+    // B had no traffic: it follows the second switch by itself, in time.
+    let b_followed_again = eventually(Duration::from_secs(10), || async {
+        get_json(&client, &format!("{b}/api/storage/status"))
+            .await
+            .1["master"]
+            == format!("127.0.0.1:{third_master}")
+    })
+    .await;
+    assert!(
+        b_followed_again,
+        "idle instance B did not follow the SIGKILL"
+    );
     for s in &after {
         let (status, _) = get_json(&client, &format!("{b}/api/voice/token/{}", s.session_id)).await;
         assert_eq!(

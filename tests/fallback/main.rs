@@ -90,12 +90,14 @@ impl Broker {
         self.get("/api/storage/status").await.1
     }
 
-    /// Waits until the broker serves from Redis again (replay finished).
+    /// Waits until the broker serves from Redis again (replay finished) and
+    /// is connected: an instance that met no outage itself never left
+    /// Redis, but may not have reconnected yet.
     async fn wait_back_on_redis(&self) -> Value {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let status = self.storage().await;
-            if status["storage"] == "redis" {
+            if status["storage"] == "redis" && status["connected"] == true {
                 return status;
             }
             assert!(Instant::now() < deadline, "never migrated back: {status}");
@@ -643,6 +645,15 @@ async fn a_sentinel_failover_with_fallback_loses_nothing_and_fails_nothing() {
         let set = set.clone();
         blocking(move || harness::wait_for_new_master(&set, old)).await
     };
+    // Back on Redis means on the promoted master, not still on the old one.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while broker.storage().await["master"] != format!("127.0.0.1:{new}") {
+        assert!(
+            Instant::now() < deadline,
+            "the broker never followed the promotion to {new}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let status = broker.wait_back_on_redis().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -677,7 +677,15 @@ pub fn broker_env(extra: &[(&str, String)]) -> Vec<(String, String)> {
 /// Builds the real app from `env` (as if it were the process environment)
 /// and serves it on a random loopback port; returns its base URL.
 pub async fn spawn_broker(env: &[(String, String)]) -> String {
-    let vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    let mut vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    // Recording folders of this test binary's own, unless the test chose
+    // them: not the OS temp dir every run and binary would share.
+    let own = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("brokers-{}", std::process::id()));
+    for (var, leaf) in [("TEMP_DIR", "chunks"), ("STORAGE_LOCAL_PATH", "recordings")] {
+        vars.entry(var.to_string())
+            .or_insert_with(|| own.join(leaf).display().to_string());
+    }
     let settings = rtc_broker::config::Settings::load_from(&vars).expect("test settings must load");
     let app = rtc_broker::startup::Application::build(settings)
         .await

@@ -85,14 +85,21 @@ async fn independent_files_merge_into_one(backend: Backend) {
     assert_eq!(done["chunks"], 5);
     assert_eq!(done["bytes"], bytes);
     check_result(&apps[0], &done, 5.0).await;
-    assert!(
-        stored_chunks(&apps[0].chunk_dir(&record)).is_empty(),
-        "chunks are removed after a good merge"
-    );
+    // The chunks go, and the merge is counted, just after the record says
+    // `ready` (the result is stored first).
+    let dropped = crate::helpers::eventually(Duration::from_secs(10), || async {
+        stored_chunks(&apps[0].chunk_dir(&record)).is_empty()
+    })
+    .await;
+    assert!(dropped, "chunks are removed after a good merge");
     // The instance that took the stop merged; every instance counts what it stored.
-    let merged_on = metrics(apps.last().unwrap()).await;
-    assert!(merged_on(r#"rtc_recording_merges_total{outcome="ready"}"#) >= 1.0);
-    assert!(merged_on("rtc_recording_merge_duration_seconds_count") >= 1.0);
+    let counted = crate::helpers::eventually(Duration::from_secs(10), || async {
+        let merged_on = metrics(apps.last().unwrap()).await;
+        merged_on(r#"rtc_recording_merges_total{outcome="ready"}"#) >= 1.0
+            && merged_on("rtc_recording_merge_duration_seconds_count") >= 1.0
+    })
+    .await;
+    assert!(counted, "the merge is counted where it ran");
     let mut stored = 0.0;
     for app in &apps {
         stored += metrics(app).await("rtc_recording_chunks_stored_total");

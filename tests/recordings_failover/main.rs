@@ -349,7 +349,13 @@ async fn a_merge_abandoned_by_a_killed_instance_is_taken_over() {
     );
     dribble.write_all(head.as_bytes()).await.unwrap();
     dribble.write_all(&template[..100]).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The upload's lease is stored before its body is read.
+    let leases = dirs.path().join("chunks").join(format!("{record}.uploads"));
+    let leased = helpers::eventually(Duration::from_secs(10), || async {
+        std::fs::read_dir(&leases).is_ok_and(|mut d| d.next().is_some())
+    })
+    .await;
+    assert!(leased, "the dribbling upload never took its lease");
     let res = http
         .post(format!("{doomed_base}/api/recordings/{record}/stop"))
         .header("x-api-key", API_KEY)

@@ -144,7 +144,10 @@ async fn member(
         errors: Vec::new(),
         closed: None,
     };
+    // After a stall, go on at the pace instead of catching up in a burst
+    // (which the room's rate limit would answer with `rate_limited`).
     let mut tick = tokio::time::interval(PUBLISH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
     loop {
         tokio::select! {

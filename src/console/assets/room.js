@@ -5,8 +5,6 @@
 
 import { $, setState, socketUrl } from './common.js';
 
-/** "Simulate outage" keeps the room socket closed this long. */
-const OUTAGE_MS = 3000;
 /** Reconnect attempts before the page gives up on a room. */
 const MAX_ATTEMPTS = 10;
 
@@ -212,10 +210,14 @@ function leaveRoom() {
   updateRoomButtons();
 }
 
-/** Closes the socket like a network drop would, and stays away a while. */
+/**
+ * Closes the socket like a network drop would, and stays away a while:
+ * 3 s, or the button's `data-outage-ms` (the tests stretch it).
+ */
 function simulateOutage() {
   if (!room.socket) return;
-  room.holdUntil = Date.now() + OUTAGE_MS;
+  const outageMs = Number($('drop-connection').dataset.outageMs) || 3000;
+  room.holdUntil = Date.now() + outageMs;
   room.socket.close(4000, 'simulated outage');
 }
 
