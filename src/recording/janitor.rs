@@ -9,20 +9,24 @@
 //!   touched for longer than an upload or a merge may take, plus a grace
 //!   for clocks of hosts sharing the volume;
 //! - merges abandoned by a dead instance: every [`ADOPT_EVERY`], recordings
-//!   whose chunks have been quiet for a while are read, and one found
+//!   whose chunks have been quiet for a while are read (a `ready` or
+//!   `failed` one only once), and one found
 //!   `merging` without a keepalive for [`MERGE_STALE_MS`] is claimed and
 //!   merged here, so its clients get their file without retrying the stop.
 //!   Skipped while the store serves from a fallback: the keepalives of the
 //!   other instances cannot be seen then.
 
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, SystemTime};
 
 use super::job::{claim, LEASE_GRACE, MERGE_STALE_MS};
+use super::record::RecordState;
 use super::service::Inner;
 use super::storage::{ObjectKey, ObjectMeta, StorageError};
 use super::RecordingError;
+use crate::domain::Id;
 
 /// How often each instance looks for abandoned merges.
 pub(super) const ADOPT_EVERY: Duration = Duration::from_secs(5);
@@ -40,9 +44,13 @@ pub(super) fn start(inner: Arc<Inner>) {
             tracing::warn!(error = %crate::error::chain(&e), "recording retention sweep failed");
         }
     });
-    every_while_alive(Arc::downgrade(&inner), ADOPT_EVERY, |inner| async move {
-        if let Err(e) = adopt_abandoned(&inner).await {
-            tracing::warn!(error = %crate::error::chain(&e), "abandoned merge watch failed");
+    let settled = Arc::new(Mutex::new(HashSet::new()));
+    every_while_alive(Arc::downgrade(&inner), ADOPT_EVERY, move |inner| {
+        let settled = settled.clone();
+        async move {
+            if let Err(e) = adopt_abandoned(&inner, &settled).await {
+                tracing::warn!(error = %crate::error::chain(&e), "abandoned merge watch failed");
+            }
         }
     });
 }
@@ -136,7 +144,13 @@ async fn last_touched(path: &Path) -> Option<SystemTime> {
 }
 
 /// Claims the merges their instances abandoned; returns how many.
-pub(super) async fn adopt_abandoned(inner: &Arc<Inner>) -> Result<usize, RecordingError> {
+/// `settled` remembers the recordings found `ready` or `failed` (whose
+/// chunks may stay until the retention: a failed merge keeps them), so they
+/// are read once rather than every pass.
+pub(super) async fn adopt_abandoned(
+    inner: &Arc<Inner>,
+    settled: &Mutex<HashSet<Id>>,
+) -> Result<usize, RecordingError> {
     // Without the merge tools here, another instance had better adopt it.
     if !inner.store.authoritative() || inner.merger.is_err() {
         return Ok(0);
@@ -144,10 +158,15 @@ pub(super) async fn adopt_abandoned(inner: &Arc<Inner>) -> Result<usize, Recordi
     let quiet = Duration::from_millis(MERGE_STALE_MS);
     let now = crate::clock::unix_now_ms();
     let mut adopted = 0;
+    let mut present = HashSet::new();
     for prefix in inner.chunks.prefixes().await? {
         let Some(id) = prefix.chunks_record() else {
             continue;
         };
+        present.insert(id.clone());
+        if lock(settled).contains(&id) {
+            continue;
+        }
         // Chunks still arriving: recording, not merging.
         let objects = inner.chunks.list(&prefix).await?;
         if !objects.iter().all(|m| older_than(m.modified, quiet)) {
@@ -158,9 +177,16 @@ pub(super) async fn adopt_abandoned(inner: &Arc<Inner>) -> Result<usize, Recordi
             Err(RecordingError::NotFound | RecordingError::OnlyInRedis) => continue,
             Err(e) => return Err(e),
         };
-        if record.merge_abandoned(now, MERGE_STALE_MS) && claim(inner, &id, false).await?.1 {
+        if matches!(record.state, RecordState::Ready | RecordState::Failed) {
+            lock(settled).insert(id);
+        } else if record.merge_abandoned(now, MERGE_STALE_MS) && claim(inner, &id, false).await?.1 {
             adopted += 1;
         }
     }
+    lock(settled).retain(|id| present.contains(id));
     Ok(adopted)
+}
+
+fn lock(settled: &Mutex<HashSet<Id>>) -> std::sync::MutexGuard<'_, HashSet<Id>> {
+    settled.lock().unwrap_or_else(|p| p.into_inner())
 }
