@@ -125,6 +125,18 @@ async fn get_json(client: &reqwest::Client, url: &str) -> (u16, Value) {
     }
 }
 
+/// Whether the broker at `base` names `127.0.0.1:{master}` as its master
+/// within `within`.
+async fn follows(client: &reqwest::Client, base: &str, master: u16, within: Duration) -> bool {
+    eventually(within, || async {
+        get_json(client, &format!("{base}/api/storage/status"))
+            .await
+            .1["master"]
+            == format!("127.0.0.1:{master}")
+    })
+    .await
+}
+
 /// Polls an async condition every 50 ms; true if it held within `timeout`.
 async fn eventually<F, Fut>(timeout: Duration, mut check: F) -> bool
 where
@@ -175,13 +187,7 @@ async fn sentinel_failover_and_master_kill_are_followed_without_restart() {
     assert!(reply.contains("OK"), "SENTINEL FAILOVER: {reply}");
     let second_master = wait_for_new_master(&set, first_master).await;
     let promoted1 = Instant::now();
-    let b_followed = eventually(Duration::from_secs(5), || async {
-        get_json(&client, &format!("{b}/api/storage/status"))
-            .await
-            .1["master"]
-            == format!("127.0.0.1:{second_master}")
-    })
-    .await;
+    let b_followed = follows(&client, &b, second_master, Duration::from_secs(5)).await;
     assert!(
         b_followed,
         "idle instance B did not follow the failover by itself"
@@ -252,13 +258,7 @@ async fn sentinel_failover_and_master_kill_are_followed_without_restart() {
         .collect();
     assert!(!after.is_empty(), "no writes after the last promotion");
     // B had no traffic: it follows the second switch by itself, in time.
-    let b_followed_again = eventually(Duration::from_secs(10), || async {
-        get_json(&client, &format!("{b}/api/storage/status"))
-            .await
-            .1["master"]
-            == format!("127.0.0.1:{third_master}")
-    })
-    .await;
+    let b_followed_again = follows(&client, &b, third_master, Duration::from_secs(10)).await;
     assert!(
         b_followed_again,
         "idle instance B did not follow the SIGKILL"
