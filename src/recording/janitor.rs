@@ -8,9 +8,9 @@
 //!   (`.incoming`) and merge work folders (`.merge`) that nothing has
 //!   touched for longer than an upload or a merge may take, plus a grace
 //!   for clocks of hosts sharing the volume;
-//! - merges abandoned by a dead instance: every [`ADOPT_EVERY`], recordings
-//!   whose chunks have been quiet for a while are read (a `ready` or
-//!   `failed` one only once), and one found
+//! - merges abandoned by a dead instance: every [`ADOPT_EVERY`], the
+//!   record of each recording with chunks is read (a `ready` or `failed`
+//!   one only once), and one found
 //!   `merging` without a keepalive for [`MERGE_STALE_MS`] is claimed and
 //!   merged here, so its clients get their file without retrying the stop.
 //!   Skipped while the store serves from a fallback: the keepalives of the
@@ -143,21 +143,20 @@ async fn last_touched(path: &Path) -> Option<SystemTime> {
     Some(newest)
 }
 
-/// Claims the merges their instances abandoned; returns how many.
-/// `settled` remembers the recordings found `ready` or `failed` (whose
-/// chunks may stay until the retention: a failed merge keeps them), so they
-/// are read once rather than every pass.
+/// Claims the merges their instances abandoned. Each recording with chunks
+/// is read (one store read; a merging record carries its keepalive), except
+/// those in `settled`: found `ready`, `failed` (a failed merge keeps its
+/// chunks until the retention) or without a record, none of which can
+/// become a merge again.
 pub(super) async fn adopt_abandoned(
     inner: &Arc<Inner>,
     settled: &Mutex<HashSet<Id>>,
-) -> Result<usize, RecordingError> {
+) -> Result<(), RecordingError> {
     // Without the merge tools here, another instance had better adopt it.
     if !inner.store.authoritative() || inner.merger.is_err() {
-        return Ok(0);
+        return Ok(());
     }
-    let quiet = Duration::from_millis(MERGE_STALE_MS);
     let now = crate::clock::unix_now_ms();
-    let mut adopted = 0;
     let mut present = HashSet::new();
     for prefix in inner.chunks.prefixes().await? {
         let Some(id) = prefix.chunks_record() else {
@@ -167,24 +166,22 @@ pub(super) async fn adopt_abandoned(
         if lock(settled).contains(&id) {
             continue;
         }
-        // Chunks still arriving: recording, not merging.
-        let objects = inner.chunks.list(&prefix).await?;
-        if !objects.iter().all(|m| older_than(m.modified, quiet)) {
-            continue;
-        }
         let record = match inner.read(&id).await {
             Ok((_, record)) => record,
-            Err(RecordingError::NotFound | RecordingError::OnlyInRedis) => continue,
+            Err(RecordingError::NotFound) => {
+                lock(settled).insert(id);
+                continue;
+            }
             Err(e) => return Err(e),
         };
         if matches!(record.state, RecordState::Ready | RecordState::Failed) {
             lock(settled).insert(id);
-        } else if record.merge_abandoned(now, MERGE_STALE_MS) && claim(inner, &id, false).await?.1 {
-            adopted += 1;
+        } else if record.merge_abandoned(now, MERGE_STALE_MS) {
+            claim(inner, &id, false).await?;
         }
     }
     lock(settled).retain(|id| present.contains(id));
-    Ok(adopted)
+    Ok(())
 }
 
 fn lock(settled: &Mutex<HashSet<Id>>) -> std::sync::MutexGuard<'_, HashSet<Id>> {

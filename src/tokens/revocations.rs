@@ -52,7 +52,8 @@ pub struct Revocations {
 
 struct Inner {
     redis: Option<RedisStore>,
-    pubsub: Option<PubSub>,
+    /// Where revocations are announced: the pub/sub and the full channel.
+    announce: Option<(PubSub, String)>,
     script: Script,
     state: Mutex<Known>,
 }
@@ -71,10 +72,14 @@ impl Revocations {
     /// last handle.
     pub fn start(redis: Option<RedisStore>, pubsub: Option<PubSub>) -> Self {
         let has_redis = redis.is_some();
+        let announce = pubsub.map(|p| {
+            let channel = format!("{}{SET}", p.key_prefix());
+            (p, channel)
+        });
         let revocations = Self {
             inner: Arc::new(Inner {
                 redis,
-                pubsub: pubsub.clone(),
+                announce: announce.clone(),
                 script: Script::new(SYNC),
                 state: Mutex::default(),
             }),
@@ -82,10 +87,9 @@ impl Revocations {
         if has_redis {
             tokio::spawn(keep_synced(Arc::downgrade(&revocations.inner)));
         }
-        if let Some(pubsub) = pubsub {
+        if let Some((pubsub, channel)) = announce {
             let sink = Arc::new(Published(Arc::downgrade(&revocations.inner)));
             pubsub.route(SET, sink);
-            let channel = format!("{}{SET}", pubsub.key_prefix());
             tokio::spawn(async move { pubsub.want(channel, true).await });
         }
         revocations
@@ -175,12 +179,11 @@ impl Inner {
     /// Tells the other instances at once; one that misses it reads the set
     /// at its next sync.
     async fn publish(&self, pushed: &[(String, u64)]) {
-        let Some(pubsub) = self.pubsub.as_ref().filter(|_| !pushed.is_empty()) else {
+        let Some((pubsub, channel)) = self.announce.as_ref().filter(|_| !pushed.is_empty()) else {
             return;
         };
-        let channel = format!("{}{SET}", pubsub.key_prefix());
         let payload = serde_json::to_vec(pushed).unwrap_or_default();
-        if let Err(e) = pubsub.publish(&channel, &payload).await {
+        if let Err(e) = pubsub.publish(channel, &payload).await {
             tracing::debug!(error = %e, "revocation not published; the others read it at their sync");
         }
     }
