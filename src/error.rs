@@ -60,6 +60,10 @@ pub enum ApiError {
     OriginForbidden,
     #[error("the room has reached its member limit")]
     RoomFull,
+    #[error("this member is banned from the room until {0} (unix seconds)")]
+    MemberBanned(u64),
+    #[error("this instance is shutting down: connect to another one")]
+    ShuttingDown,
     #[error(transparent)]
     Publish(#[from] PublishError),
     #[error(transparent)]
@@ -122,6 +126,8 @@ impl ApiError {
             Self::RoomForbidden(_) => ("room_forbidden", C::FORBIDDEN),
             Self::OriginForbidden => ("origin_forbidden", C::FORBIDDEN),
             Self::RoomFull => ("room_full", C::FORBIDDEN),
+            Self::MemberBanned(_) => ("member_banned", C::FORBIDDEN),
+            Self::ShuttingDown => ("shutting_down", C::SERVICE_UNAVAILABLE),
             Self::Publish(PublishError::BufferFull(_)) => {
                 ("storage_unavailable", C::SERVICE_UNAVAILABLE)
             }
@@ -217,6 +223,7 @@ pub const ERROR_CODES: &[(&str, StatusCode)] = &[
     ("room_forbidden", StatusCode::FORBIDDEN),
     ("origin_forbidden", StatusCode::FORBIDDEN),
     ("room_full", StatusCode::FORBIDDEN),
+    ("member_banned", StatusCode::FORBIDDEN),
     ("recording_forbidden", StatusCode::FORBIDDEN),
     ("not_found", StatusCode::NOT_FOUND),
     ("session_not_found", StatusCode::NOT_FOUND),
@@ -244,6 +251,7 @@ pub const ERROR_CODES: &[(&str, StatusCode)] = &[
     ("storage_unavailable", StatusCode::SERVICE_UNAVAILABLE),
     ("overloaded", StatusCode::SERVICE_UNAVAILABLE),
     ("merge_unavailable", StatusCode::SERVICE_UNAVAILABLE),
+    ("shutting_down", StatusCode::SERVICE_UNAVAILABLE),
 ];
 
 /// An error and its causes, one after another, for the log.
@@ -353,6 +361,8 @@ mod tests {
             ApiError::RoomForbidden("x".into()),
             ApiError::OriginForbidden,
             ApiError::RoomFull,
+            ApiError::MemberBanned(1),
+            ApiError::ShuttingDown,
             ApiError::Publish(PublishError::Store(store())),
             ApiError::Publish(PublishError::BufferFull(1)),
             ApiError::Recording(R::NotFound),
@@ -398,6 +408,8 @@ mod tests {
             | ApiError::RoomForbidden(_)
             | ApiError::OriginForbidden
             | ApiError::RoomFull
+            | ApiError::MemberBanned(_)
+            | ApiError::ShuttingDown
             | ApiError::Publish(_)
             | ApiError::Recording(_)
             | ApiError::BodyTimeout(_)

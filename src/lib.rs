@@ -6,7 +6,7 @@
 //! (storage trait, backends incl. the Redis fallback, key names),
 //! `migration` (replay rules after an outage), `domain` (validated ids and TTLs),
 //! `extract` (request parsing), `auth` (API keys), `error` (errors to HTTP),
-//! `drill` (the failover drill), `health` (lifecycle), `metrics` (Prometheus exposition), `heartbeat` (WebSocket pings and idle close), `telemetry` (logs, request spans), `overload` (load
+//! `drill` (the failover drill), `health` (lifecycle), `metrics` (Prometheus exposition), `heartbeat` (WebSocket pings and idle close), `live_tokens` (open sockets by token, for revocations), `telemetry` (logs, request spans), `overload` (load
 //! shedding), `shutdown`, `rooms` (WebSocket rooms and their bus between
 //! instances), `recording` (chunk uploads, indices, merges, downloads),
 //! `pubsub` (the Redis subscriber the wings share), `origins` (the allowed
@@ -24,6 +24,7 @@ pub mod error;
 pub mod extract;
 pub mod health;
 pub mod heartbeat;
+pub mod live_tokens;
 pub mod metrics;
 pub mod migration;
 pub mod origins;

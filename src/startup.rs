@@ -23,7 +23,7 @@ use crate::overload::{self, InflightLimit};
 use crate::pubsub::PubSub;
 use crate::ratelimit::RateLimiter;
 use crate::recording::Recordings;
-use crate::rooms::Rooms;
+use crate::rooms::{Rooms, RoomsParts};
 use crate::routes;
 use crate::sessions::SessionService;
 use crate::state::{AppState, FieldLimits};
@@ -68,6 +68,7 @@ pub struct Application {
     server: Server,
     state: AppState,
     pubsub: Option<PubSub>,
+    drain: Duration,
 }
 
 impl Application {
@@ -95,13 +96,6 @@ impl Application {
         let (store, redis) = build_store(&settings).await?;
         // One subscriber per instance, shared by rooms and recordings.
         let pubsub = redis.clone().map(PubSub::start);
-        let rooms = Rooms::start(
-            &settings.rooms,
-            settings.limits.json_max_depth,
-            settings.storage.fallback,
-            redis.clone().zip(pubsub.clone()),
-            &settings.server.server_id,
-        );
 
         let limits = FieldLimits {
             token_max_ttl: settings.tokens.max_ttl_seconds,
@@ -120,6 +114,23 @@ impl Application {
         })?;
         let revocations = Revocations::start(redis.clone(), pubsub.clone());
         let tokens = TokenService::new(keys, store.clone(), revocations, &settings.tokens);
+        let rooms = Rooms::start(RoomsParts {
+            settings: &settings.rooms,
+            json_max_depth: settings.limits.json_max_depth,
+            fallback: settings.storage.fallback,
+            redis: redis.clone().zip(pubsub.clone()),
+            server_id: &settings.server.server_id,
+            check: Arc::new(routes::RoomTokens {
+                tokens: tokens.clone(),
+                leeway_seconds: settings.tokens.leeway_seconds,
+            }),
+        });
+        // A revocation learned by any path closes the live sockets of that
+        // token on this instance.
+        let revoked_rooms = rooms.clone();
+        tokens
+            .revocations()
+            .listen(Arc::new(move |jtis: &[String]| revoked_rooms.revoked(jtis)));
         let recordings = Recordings::start(
             &settings.recordings,
             store.clone(),
@@ -131,6 +142,12 @@ impl Application {
             path: settings.recordings.chunk_path().display().to_string(),
             source,
         })?;
+        let revoked_recordings = recordings.clone();
+        tokens
+            .revocations()
+            .listen(Arc::new(move |jtis: &[String]| {
+                revoked_recordings.revoked(jtis)
+            }));
         if recordings.available().is_err() {
             warnings.push("merge_unavailable");
         }
@@ -184,6 +201,7 @@ impl Application {
             server,
             state,
             pubsub,
+            drain: Duration::from_secs_f64(settings.server.drain_seconds),
         })
     }
 
@@ -212,8 +230,11 @@ impl Application {
             signal = shutdown => {
                 tracing::info!(signal, "shutting down: draining in-flight requests");
                 lifecycle.mark_shutting_down();
-                // WebSockets would hold the graceful stop until its timeout:
-                // close them (1001) first.
+                // Readiness answers 503 from here on; room sockets close
+                // (1001) spread over the drain window, so their clients
+                // reconnect elsewhere a few at a time. WebSockets would hold
+                // the graceful stop until its timeout: close them first.
+                self.state.rooms.drain(self.drain).await;
                 self.state.rooms.shutdown();
                 self.state.recordings.shutdown();
                 handle.stop(true).await;

@@ -20,6 +20,8 @@ pub struct ServerSettings {
     pub server_id: String,
     pub workers: usize,
     pub shutdown_timeout_seconds: u64,
+    /// SIGTERM: room sockets are closed (1001) spread over this many seconds.
+    pub drain_seconds: f64,
     pub max_inflight_requests: usize,
     pub overload_wait_ms: u64,
     /// Slow headers: the request head must arrive within this (else 408).
@@ -209,6 +211,7 @@ pub struct RoomsSettings {
     pub max_frame_bytes: usize,
     pub messages_per_second: u32,
     pub max_queue: usize,
+    pub max_pending_publishes: usize,
     pub max_members: usize,
     pub ping_interval_seconds: u64,
     pub idle_timeout_seconds: u64,

@@ -60,6 +60,10 @@ impl Settings {
             return Err(invalid("limits.json_max_depth", "must be at least 1"));
         }
         self.validate_rooms()?;
+        let drain = self.server.drain_seconds;
+        if !(0.0..=3600.0).contains(&drain) {
+            return Err(invalid("server.drain_seconds", "must be from 0 to 3600"));
+        }
         if self.rate_limit.window_seconds == 0 {
             return Err(invalid("rate_limit.window_seconds", "must be at least 1"));
         }
@@ -236,6 +240,10 @@ impl Settings {
             ),
             ("rooms.max_members", r.max_members as u64),
             ("rooms.max_queue", r.max_queue as u64),
+            (
+                "rooms.max_pending_publishes",
+                r.max_pending_publishes as u64,
+            ),
             ("rooms.ping_interval_seconds", r.ping_interval_seconds),
         ] {
             if value == 0 {

@@ -92,6 +92,9 @@ pub(super) struct Inner {
     pub merges_failed: AtomicU64,
     /// Recording WebSockets open on this instance.
     pub sockets: std::sync::atomic::AtomicUsize,
+    /// Those opened with an upload token, by its jti (revocation closes them).
+    pub live: crate::live_tokens::LiveTokens<Arc<tokio::sync::Notify>>,
+    next_socket: AtomicU64,
     /// Durations of good merges (stop to ready), for `/metrics`.
     pub merge_seconds: Option<prometheus::Histogram>,
 }
@@ -156,6 +159,8 @@ impl Recordings {
             merges_ready: AtomicU64::new(0),
             merges_failed: AtomicU64::new(0),
             sockets: std::sync::atomic::AtomicUsize::new(0),
+            live: crate::live_tokens::LiveTokens::default(),
+            next_socket: AtomicU64::new(1),
             merge_seconds: merge_histogram(),
         });
         super::janitor::start(inner.clone());
@@ -198,12 +203,41 @@ impl Recordings {
 
     /// Checks an upload token for `record`: 401 when it is not a valid
     /// upload token (an RTC token included), 403 for another recording.
-    pub async fn check_upload_token(&self, token: &str, record: &Id) -> Result<(), RecordingError> {
+    /// Answers the token's `jti`.
+    pub async fn check_upload_token(
+        &self,
+        token: &str,
+        record: &Id,
+    ) -> Result<String, RecordingError> {
         let claims = self.inner.tokens.verify_upload(token).await?;
         if claims.rec != record.as_str() {
             return Err(RecordingError::Forbidden);
         }
-        Ok(())
+        Ok(claims.jti)
+    }
+
+    /// Closes (4003) the recording sockets opened with one of `jtis`,
+    /// which were just revoked.
+    pub fn revoked(&self, jtis: &[String]) {
+        for closer in self.inner.live.revoked(jtis) {
+            closer.notify_one();
+        }
+    }
+
+    /// Registers a socket opened with the upload token `jti`: the returned
+    /// notifier fires when that token is revoked (at once if it already is).
+    pub(super) fn watch_token(&self, jti: &str) -> (u64, Arc<tokio::sync::Notify>) {
+        let id = self.inner.next_socket.fetch_add(1, Ordering::Relaxed);
+        let closer = Arc::new(tokio::sync::Notify::new());
+        self.inner.live.add(id, closer.clone(), jti);
+        if self.inner.tokens.revocations().is_revoked(jti) {
+            closer.notify_one();
+        }
+        (id, closer)
+    }
+
+    pub(super) fn unwatch_token(&self, id: u64) {
+        self.inner.live.remove(id);
     }
 
     /// Admits one chunk of `record`: the recording must exist and be

@@ -4,7 +4,9 @@
 //! (`mergeProgress`, `recordingReady`, `recordingError`) arrive here from
 //! whichever instance runs the merge. Pings every 20 s, close after 60 s of
 //! silence, 1001 when the broker shuts down; a frame over the chunk limit
-//! closes with 1009. Other text gets an error frame and the socket stays.
+//! closes with 1009; a socket opened with an upload token that is revoked
+//! closes with 4003 (on every instance: revocations reach them all). Other
+//! text gets an error frame and the socket stays.
 
 use std::time::Duration;
 
@@ -29,6 +31,7 @@ pub fn run(
     session: Session,
     stream: actix_ws::MessageStream,
     record: Id,
+    jti: Option<String>,
 ) -> impl std::future::Future<Output = ()> {
     let max = recordings.max_chunk_bytes();
     let stream = stream
@@ -37,7 +40,10 @@ pub fn run(
         .max_continuation_size(max);
     let span = tracing::info_span!("ws_recording", record_id = %record);
     let counted = recordings.socket_opened();
+    let watched = jti.map(|jti| recordings.watch_token(&jti));
+    let unwatch = recordings.clone();
     let socket = Socket {
+        revoked: watched.as_ref().map(|(_, closer)| closer.clone()),
         events: recordings.events(&record),
         shutdown: recordings.shutdown_signal(),
         recordings,
@@ -47,6 +53,9 @@ pub fn run(
     };
     async move {
         socket.serve(stream).await;
+        if let Some((id, _)) = watched {
+            unwatch.unwatch_token(id);
+        }
         drop(counted);
     }
     .instrument(span)
@@ -60,6 +69,8 @@ struct Socket {
     shutdown: broadcast::Receiver<()>,
     /// `recordingReady` or `recordingError` went out (at most once).
     final_sent: bool,
+    /// Fires when the upload token this socket was opened with is revoked.
+    revoked: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 /// Why the loop ended.
@@ -90,6 +101,7 @@ impl Socket {
             tokio::select! {
                 biased;
                 _ = self.shutdown.recv() => return End::Close(CloseCode::Away, "server shutting down"),
+                _ = revoked(&self.revoked) => return End::Close(CloseCode::Other(4003), "token_revoked"),
                 heard = self.events.rx.recv() => {
                     let end = match heard {
                         Ok(Heard::Event(event)) => self.send_event(event).await,
@@ -239,5 +251,13 @@ impl Socket {
             .await
             .err()
             .map(|_| End::Gone)
+    }
+}
+
+/// Resolves when the socket's upload token is revoked (never without one).
+async fn revoked(closer: &Option<std::sync::Arc<tokio::sync::Notify>>) {
+    match closer {
+        Some(closer) => closer.notified().await,
+        None => std::future::pending().await,
     }
 }

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use super::bus::{Bus, BusEvent, Inbox, Outgoing};
+use super::conn::QueueLimits;
 use super::room::{Cmd, JoinRequest, Joined, RoomParts, RoomTask};
 use crate::domain::Id;
 
@@ -106,7 +107,7 @@ pub struct Hub {
     bus: Arc<dyn Bus>,
     shutdown: broadcast::Sender<()>,
     presence_interval: Duration,
-    max_queue: usize,
+    queue: QueueLimits,
     runtime: tokio::runtime::Handle,
 }
 
@@ -117,14 +118,14 @@ impl Hub {
         bus: Arc<dyn Bus>,
         shutdown: broadcast::Sender<()>,
         presence_interval: Duration,
-        max_queue: usize,
+        queue: QueueLimits,
     ) -> Self {
         Self {
             registry,
             bus,
             shutdown,
             presence_interval,
-            max_queue,
+            queue,
             runtime: tokio::runtime::Handle::current(),
         }
     }
@@ -151,7 +152,7 @@ impl Hub {
             events,
             shutdown: self.shutdown.subscribe(),
             presence_interval: self.presence_interval,
-            max_queue: self.max_queue,
+            queue: self.queue,
         };
         self.runtime.spawn(RoomTask::run(parts));
         handle

@@ -4,12 +4,14 @@
 //! it. The pieces: `protocol` (the frames as types), `socket` (one task per
 //! WebSocket), `room` (one task per room with local members: ordering,
 //! dedup, catch-up from history, presence), `conn` (a member's outlet,
-//! burst overflow and kick, shared by its room and socket), `hub` (the registry of room
-//! tasks and the inbox the bus delivers into), `outbox` (publishing with
-//! the bounded outage buffer) and `bus` (ids, history, pub/sub and presence:
-//! in memory for one instance, Redis for many). The rest of the broker uses
-//! only [`Rooms`].
+//! burst overflow and the closes decided elsewhere, shared by its room and
+//! socket), `hub` (the registry of room tasks and the inbox the bus
+//! delivers into), `outbox` (publishing with the bounded outage buffer),
+//! `authority` (the token a socket holds and how a refresh is verified)
+//! and `bus` (ids, history, pub/sub, presence and kicks: in memory for one
+//! instance, Redis for many). The rest of the broker uses only [`Rooms`].
 
+mod authority;
 pub mod bus;
 mod conn;
 mod hub;
@@ -18,7 +20,7 @@ pub mod protocol;
 mod room;
 mod socket;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,17 +28,21 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::broadcast;
 
+pub use authority::{Grant, TokenCheck};
 pub use outbox::{PublishError, Published};
 pub use room::Resume;
 pub use socket::{run as run_socket, SocketParams};
 
-use self::bus::{Bus, Outgoing};
+use self::bus::{Bus, BusEvent, Inbox as _, Outgoing};
+use self::conn::{Closing, Link, QueueLimits};
 use self::hub::{Hub, Registry};
 use self::outbox::{Outbox, OutboxParts};
+use crate::clock::unix_now_ms;
 use crate::config::RoomsSettings;
 use crate::domain::Id;
+use crate::live_tokens::LiveTokens;
 use crate::pubsub::PubSub;
-use crate::store::{RedisStore, StoreResult};
+use crate::store::{RedisStore, StoreError, StoreResult};
 
 /// Counts for health and the README's operations section.
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
@@ -62,6 +68,23 @@ struct Inner {
     json_max_depth: usize,
     shutdown: broadcast::Sender<()>,
     next_conn: AtomicU64,
+    /// Open sockets by token, for revocations and the drain.
+    sockets: LiveTokens<Arc<Link>>,
+    check: Arc<dyn TokenCheck>,
+    draining: AtomicBool,
+}
+
+/// Where a room is started from: its settings and the instance's handles.
+pub struct RoomsParts<'a> {
+    pub settings: &'a RoomsSettings,
+    pub json_max_depth: usize,
+    /// Buffer publishes Redis cannot take (`storage.fallback`).
+    pub fallback: bool,
+    /// Over Redis when given, in memory otherwise.
+    pub redis: Option<(RedisStore, PubSub)>,
+    pub server_id: &'a str,
+    /// How refreshes are verified and revocations known.
+    pub check: Arc<dyn TokenCheck>,
 }
 
 /// The rooms of this instance; cheap to clone.
@@ -73,15 +96,16 @@ pub struct Rooms {
 impl Rooms {
     /// Starts the rooms on the current Tokio runtime: over Redis when a
     /// store and the instance's pub/sub are given (single, cluster or
-    /// sentinel, following its master), in memory otherwise. `fallback`:
-    /// buffer publishes Redis cannot take.
-    pub fn start(
-        settings: &RoomsSettings,
-        json_max_depth: usize,
-        fallback: bool,
-        redis: Option<(RedisStore, PubSub)>,
-        server_id: &str,
-    ) -> Self {
+    /// sentinel, following its master), in memory otherwise.
+    pub fn start(parts: RoomsParts<'_>) -> Self {
+        let RoomsParts {
+            settings,
+            json_max_depth,
+            fallback,
+            redis,
+            server_id,
+            check,
+        } = parts;
         let registry = Arc::new(Registry::default());
         let (shutdown, _) = broadcast::channel(1);
         let bus: Arc<dyn Bus> = match redis {
@@ -105,7 +129,10 @@ impl Rooms {
             bus.clone(),
             shutdown.clone(),
             presence_interval,
-            settings.max_queue,
+            QueueLimits {
+                max_queue: settings.max_queue,
+                burst: settings.history_size,
+            },
         );
         let outbox = Outbox::start(
             OutboxParts {
@@ -128,6 +155,9 @@ impl Rooms {
                 json_max_depth,
                 shutdown,
                 next_conn: AtomicU64::new(1),
+                sockets: LiveTokens::default(),
+                check,
+                draining: AtomicBool::new(false),
             }),
         }
     }
@@ -182,6 +212,76 @@ impl Rooms {
         let _ = self.inner.shutdown.send(());
     }
 
+    /// Closes (4003) this instance's sockets opened or refreshed with one
+    /// of `jtis`, which were just revoked.
+    pub fn revoked(&self, jtis: &[String]) {
+        let hit = self.inner.sockets.revoked(jtis);
+        for link in &hit {
+            link.close(Closing::Revoked);
+        }
+        let closed = hit.len();
+        if closed > 0 {
+            tracing::info!(closed, "room sockets of a revoked token closed");
+        }
+    }
+
+    /// Removes `member` from `room` on every instance (its sockets close
+    /// with 4004), banned from joining again for `ban` when given; answers
+    /// until when (unix seconds). Sockets here close even when Redis cannot
+    /// carry the kick to the others (then the error says so).
+    pub async fn kick(
+        &self,
+        room: &Id,
+        member: &str,
+        ban: Option<Duration>,
+    ) -> Result<Option<u64>, StoreError> {
+        self.inner
+            .registry
+            .deliver(room, BusEvent::Kick(member.to_string()));
+        let until_ms = ban.map(|b| unix_now_ms().saturating_add(b.as_millis() as u64));
+        self.inner.bus.kick(room, member, until_ms).await?;
+        Ok(until_ms.map(|ms| ms.div_ceil(1000)))
+    }
+
+    /// Until when (unix seconds) `member` is banned from `room`. When that
+    /// cannot be read the join is allowed (rooms keep working in an outage).
+    pub async fn banned_until(&self, room: &Id, member: &str) -> Option<u64> {
+        match self.inner.bus.banned_until(room, member).await {
+            Ok(until) => until.map(|ms| ms.div_ceil(1000)),
+            Err(e) => {
+                tracing::debug!(room = %room, error = %e, "ban unreadable; join allowed");
+                None
+            }
+        }
+    }
+
+    /// True once the drain has begun: upgrades are refused.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Refuses new upgrades, then closes every room socket with 1001, spread
+    /// evenly over `window`, and waits (a little past it) for them to go.
+    pub async fn drain(&self, window: Duration) {
+        self.inner.draining.store(true, Ordering::Release);
+        let links = self.inner.sockets.links();
+        let started = tokio::time::Instant::now();
+        let n = links.len().max(1) as u32;
+        tracing::info!(sockets = links.len(), ?window, "draining room sockets");
+        for (i, link) in links.iter().enumerate() {
+            tokio::time::sleep_until(started + window * i as u32 / n).await;
+            link.close(Closing::Drain);
+        }
+        // Any that slipped in meanwhile.
+        for link in self.inner.sockets.links() {
+            link.close(Closing::Drain);
+        }
+        let patience = started + window + Duration::from_secs(3);
+        while !self.inner.sockets.is_empty() && tokio::time::Instant::now() < patience {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn hub(&self) -> &Hub {
         &self.inner.hub
     }
@@ -200,5 +300,26 @@ impl Rooms {
 
     fn next_conn_id(&self) -> u64 {
         self.inner.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn sockets(&self) -> &LiveTokens<Arc<Link>> {
+        &self.inner.sockets
+    }
+
+    fn token_check(&self) -> Arc<dyn TokenCheck> {
+        self.inner.check.clone()
+    }
+
+    /// When a socket whose token has this `exp` must close (4001).
+    fn expiry_deadline(&self, exp: u64) -> tokio::time::Instant {
+        socket::deadline(exp, self.inner.check.leeway_seconds())
+    }
+
+    /// Closes the socket at once when `jti` was revoked before it was
+    /// registered (a revocation racing the upgrade or the refresh).
+    fn recheck_revoked(&self, jti: &str, link: &Link) {
+        if self.inner.check.is_revoked(jti) {
+            link.close(Closing::Revoked);
+        }
     }
 }

@@ -19,7 +19,7 @@ use bytestring::ByteString;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::bus::{Bus, BusEvent, Delivery, Outgoing};
-use super::conn::{Conn, ConnParts};
+use super::conn::{Closing, Conn, ConnParts, QueueLimits};
 use super::hub::{Registry, RoomShared};
 use super::protocol::{render, PresenceKind, Welcome};
 use crate::domain::Id;
@@ -37,6 +37,8 @@ pub struct JoinRequest {
     /// Who joins and where the room writes its frames.
     pub conn: ConnParts,
     pub resume: Option<Resume>,
+    /// The token's `exp`, for the welcome.
+    pub expires_at: u64,
 }
 
 /// What a joined socket sends itself, before anything the room writes: the
@@ -68,7 +70,7 @@ pub struct RoomParts {
     pub events: mpsc::Receiver<BusEvent>,
     pub shutdown: broadcast::Receiver<()>,
     pub presence_interval: std::time::Duration,
-    pub max_queue: usize,
+    pub queue: QueueLimits,
 }
 
 pub struct RoomTask {
@@ -90,7 +92,7 @@ pub struct RoomTask {
     slow: Vec<u64>,
     /// The last connection left (the room may retire).
     emptied: bool,
-    max_queue: usize,
+    queue: QueueLimits,
     /// Local ids handed out since Redis was last heard from: (first, last).
     /// Redis ids after an outage start above them (the publish floor).
     local_ids: Option<(u64, u64)>,
@@ -156,7 +158,7 @@ impl RoomTask {
             mut events,
             mut shutdown,
             presence_interval,
-            max_queue,
+            queue,
         } = parts;
         let mut room = RoomTask {
             fanned_out: registry.fanned_out.clone(),
@@ -170,7 +172,7 @@ impl RoomTask {
             local_origins: HashSet::new(),
             recent: Recent::default(),
             repair: None,
-            max_queue,
+            queue,
             slow: Vec::new(),
             emptied: false,
             local_ids: None,
@@ -289,6 +291,11 @@ impl RoomTask {
                 self.deliver(delivery).await;
             }
             BusEvent::Presence(kind, member) => self.presence_frame(kind, &member),
+            BusEvent::Kick(member) => {
+                for conn in self.conns.values().filter(|c| c.member == member) {
+                    conn.close(Closing::Kicked);
+                }
+            }
             BusEvent::Resync => match self.last {
                 Some(_) => self.catch_up_or_repair().await,
                 None => self.refresh_position().await,
@@ -423,7 +430,7 @@ impl RoomTask {
     fn drop_slow(&mut self, slow: Vec<u64>) {
         for conn_id in slow {
             if let Some(conn) = self.conns.get_mut(&conn_id) {
-                conn.kick();
+                conn.close(Closing::SlowReader);
                 tracing::info!(room = %self.id, conn_id, "client does not read its frames: closing it");
                 self.slow.push(conn_id);
             }
@@ -497,6 +504,7 @@ impl RoomTask {
             epoch: &epoch,
             last_id: last,
             recovered,
+            expires_at: request.expires_at,
         });
         let mut frames = Vec::with_capacity(1 + replay.len());
         frames.push(welcome);
@@ -508,7 +516,7 @@ impl RoomTask {
         let last_sent = replay.iter().map(|d| d.id).fold(last_sent, u64::max);
         self.conns.insert(
             request.conn_id,
-            Conn::new(request.conn, self.max_queue, last_sent),
+            Conn::new(request.conn, self.queue, last_sent),
         );
         self.shared.connections.fetch_add(1, Ordering::AcqRel);
         Joined { frames }

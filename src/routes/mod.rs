@@ -15,6 +15,8 @@ mod rooms;
 mod sessions;
 mod tokens;
 
+pub use rooms::RoomTokens;
+
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{header, Method, StatusCode};

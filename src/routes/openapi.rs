@@ -58,6 +58,7 @@ use console::ConsoleFiles;
         operations::create_session, operations::get_session, operations::patch_session,
         operations::add_member, operations::remove_member, operations::end_session,
         operations::room_socket, operations::publish, operations::room_members,
+        operations::kick_member,
         operations::start_recording, operations::upload_chunk, operations::stop_recording,
         operations::recording_status, operations::recording_socket,
         operations::download, operations::download_head,

@@ -56,21 +56,24 @@ async fn start(
 
 /// An API key, or an upload token for `record` (header, or `token` for
 /// the WebSocket); open when no API keys are configured and no token is
-/// presented. A presented token is always checked.
+/// presented. A presented token is always checked. Answers the upload
+/// token's `jti` when one was used.
 pub(super) async fn authorize(
     req: &HttpRequest,
     state: &AppState,
     record: &Id,
     query_token: Option<&str>,
-) -> Result<(), ApiError> {
+) -> Result<Option<String>, ApiError> {
     let keys = req.app_data::<ApiKeys>();
     let keys_on = keys.is_some_and(ApiKeys::is_enabled);
     if keys_on && keys.is_some_and(|k| k.check(req).is_ok()) {
-        return Ok(());
+        return Ok(None);
     }
     match bearer(req).or(query_token) {
-        Some(token) => Ok(state.recordings.check_upload_token(token, record).await?),
-        None if !keys_on => Ok(()),
+        Some(token) => Ok(Some(
+            state.recordings.check_upload_token(token, record).await?,
+        )),
+        None if !keys_on => Ok(None),
         None => Err(ApiError::Unauthorized),
     }
 }
@@ -147,7 +150,7 @@ async fn socket(
     state.recordings.available()?;
     let query: SocketQuery = super::query(&req)?;
     let token = query.token.as_deref().filter(|t| !t.is_empty());
-    authorize(&req, &state, &record, token).await?;
+    let jti = authorize(&req, &state, &record, token).await?;
     state.recordings.ensure_exists(&record).await?;
     let (response, session, stream) = actix_ws::handle(&req, body)
         .map_err(|e| ApiError::InvalidRequest(format!("not a WebSocket upgrade: {e}")))?;
@@ -156,6 +159,7 @@ async fn socket(
         session,
         stream,
         record,
+        jti,
     ));
     Ok(response)
 }

@@ -1,5 +1,6 @@
 //! Rooms over HTTP: the WebSocket upgrade (`/ws/rooms/{room}`), with every
-//! check done before it, and the management publish and member list.
+//! check done before it, the management publish, the member list and the
+//! kick (with an optional ban).
 
 use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
@@ -13,14 +14,16 @@ use crate::domain::Id;
 use crate::error::ApiError;
 use crate::extract::JsonBody;
 use crate::origins::AllowedOrigins;
-use crate::rooms::{run_socket, Published, Resume, SocketParams};
+use crate::rooms::{run_socket, Grant, Published, Resume, SocketParams};
 use crate::state::AppState;
-use crate::tokens::TokenError;
+use crate::tokens::{Claims, TokenError, TokenService};
 
 /// Longest `from` a management publish may give.
 const MAX_FROM_CHARS: usize = 256;
 /// Longest epoch a resuming client may send (ours are 12 characters).
 const MAX_EPOCH_CHARS: usize = 64;
+/// Longest ban a kick may ask for.
+pub const MAX_BAN_SECONDS: u64 = 86_400;
 
 pub(super) fn configure(t: &mut RouteTable) {
     t.at("/ws/rooms/{room}").route(Method::GET, upgrade);
@@ -28,6 +31,45 @@ pub(super) fn configure(t: &mut RouteTable) {
         .route(Method::POST, publish);
     t.at("/api/rooms/{room}/members")
         .route(Method::GET, members);
+    t.at("/api/rooms/{room}/members/{member_id}")
+        .route(Method::DELETE, kick);
+}
+
+/// What a room socket keeps of its verified token.
+fn grant_of(claims: Claims) -> Grant {
+    Grant {
+        member: claims.sub,
+        room: claims.room,
+        jti: claims.jti,
+        expires_at: claims.exp,
+        room_join: claims.grants.room_join,
+        can_publish: claims.grants.can_publish_data,
+    }
+}
+
+/// Rooms verify a live socket's `refresh` through the tokens wing, the
+/// same way as the upgrade (wired by `startup`).
+pub struct RoomTokens {
+    pub tokens: TokenService,
+    pub leeway_seconds: u64,
+}
+
+#[async_trait::async_trait]
+impl crate::rooms::TokenCheck for RoomTokens {
+    async fn verify(&self, token: &str) -> Result<Grant, String> {
+        match self.tokens.verify(token).await {
+            Ok(claims) => Ok(grant_of(claims)),
+            Err(e) => Err(ApiError::from(e).detail()),
+        }
+    }
+
+    fn is_revoked(&self, jti: &str) -> bool {
+        self.tokens.revocations().is_revoked(jti)
+    }
+
+    fn leeway_seconds(&self) -> u64 {
+        self.leeway_seconds
+    }
 }
 
 #[derive(Deserialize)]
@@ -74,6 +116,9 @@ async fn upgrade(
 ) -> Result<HttpResponse, ApiError> {
     let room = path_id("room", &path)?;
     origins.check(&req)?;
+    if state.rooms.is_draining() {
+        return Err(ApiError::ShuttingDown);
+    }
     let query: UpgradeQuery = super::query(&req)?;
     let token = presented_token(&req, &query).ok_or_else(|| {
         ApiError::Token(TokenError::Invalid(
@@ -92,6 +137,9 @@ async fn upgrade(
             "the token does not grant room_join".into(),
         ));
     }
+    if let Some(until) = state.rooms.banned_until(&room, &claims.sub).await {
+        return Err(ApiError::MemberBanned(until));
+    }
     if state.rooms.is_full(&room, &claims.sub).await {
         return Err(ApiError::RoomFull);
     }
@@ -99,8 +147,7 @@ async fn upgrade(
         .map_err(|e| ApiError::InvalidRequest(format!("not a WebSocket upgrade: {e}")))?;
     let params = SocketParams {
         room,
-        member: claims.sub,
-        can_publish: claims.grants.can_publish_data,
+        grant: grant_of(claims),
         resume,
     };
     actix_web::rt::spawn(run_socket(state.rooms.clone(), session, stream, params));
@@ -148,4 +195,40 @@ async fn members(
         .map(|(member_id, connections)| json!({"member_id": member_id, "connections": connections}))
         .collect();
     Ok(HttpResponse::Ok().json(json!({ "room": room.as_str(), "members": members })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KickQuery {
+    ban_seconds: Option<u64>,
+}
+
+/// `DELETE /api/rooms/{room}/members/{member_id}[?ban_seconds=N]`: closes
+/// the member's sockets in the room on every instance (4004) and, with a
+/// ban, refuses its joins (403 `member_banned`) until the ban ends.
+async fn kick(
+    _: Management,
+    req: HttpRequest,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (room, member) = path.into_inner();
+    let room = path_id("room", &room)?;
+    let member = path_id("member_id", &member)?;
+    let query: KickQuery = super::query(&req)?;
+    let ban = match query.ban_seconds {
+        None | Some(0) => None,
+        Some(s) if s <= MAX_BAN_SECONDS => Some(std::time::Duration::from_secs(s)),
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "ban_seconds must be from 0 to {MAX_BAN_SECONDS}"
+            )))
+        }
+    };
+    let banned_until = state.rooms.kick(&room, member.as_str(), ban).await?;
+    let mut answer = json!({ "room": room.as_str(), "member_id": member.as_str() });
+    if let (Some(until), Some(map)) = (banned_until, answer.as_object_mut()) {
+        map.insert("banned_until".into(), until.into());
+    }
+    Ok(HttpResponse::Accepted().json(answer))
 }

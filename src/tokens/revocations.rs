@@ -11,6 +11,10 @@
 //! kept locally and pushed (and published) at the next sync, so the other
 //! instances learn them too. The per-`jti` marker keys stay the authority
 //! while Redis answers; this copy only adds refusals, never removes one.
+//!
+//! Listeners ([`Revocations::listen`]) hear of every jti this copy learns,
+//! from any of the three paths, so live sockets opened with a revoked token
+//! are closed on every instance, not only refused at their next check.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -50,7 +54,11 @@ pub struct Revocations {
     inner: Arc<Inner>,
 }
 
+/// Told the jtis this instance newly learned are revoked. Must not block.
+pub type RevocationListener = Arc<dyn Fn(&[String]) + Send + Sync>;
+
 struct Inner {
+    listeners: std::sync::RwLock<Vec<RevocationListener>>,
     redis: Option<RedisStore>,
     /// Where revocations are announced: the pub/sub and the full channel.
     announce: Option<(PubSub, String)>,
@@ -78,6 +86,7 @@ impl Revocations {
         });
         let revocations = Self {
             inner: Arc::new(Inner {
+                listeners: std::sync::RwLock::default(),
                 redis,
                 announce: announce.clone(),
                 script: Script::new(SYNC),
@@ -108,16 +117,27 @@ impl Revocations {
     /// once (a push, not a read of the whole set); if that fails, the next
     /// sync does.
     pub async fn add(&self, jti: &str, until: u64) {
-        {
+        let new = {
             let mut known = self.inner.lock();
             let now = unix_now();
             known.live.retain(|_, lapses| *lapses >= now);
-            known.live.insert(jti.to_string(), until);
             known.unsynced.insert(jti.to_string(), until);
-        }
+            known.merge([(jti.to_string(), until)])
+        };
+        self.inner.tell(&new);
         if let Err(e) = self.inner.sync(false).await {
             tracing::debug!(error = %e, "revocation kept locally until the next sync");
         }
+    }
+
+    /// Calls `listener` with every jti this instance learns is revoked
+    /// (made here, published by another instance, or read at a sync).
+    pub fn listen(&self, listener: RevocationListener) {
+        self.inner
+            .listeners
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(listener);
     }
 
     /// How many revocations are known locally (for tests and health).
@@ -141,6 +161,17 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Tells the listeners about newly learned revocations.
+    fn tell(&self, new: &[String]) {
+        if new.is_empty() {
+            return;
+        }
+        let listeners = self.listeners.read().unwrap_or_else(|p| p.into_inner());
+        for listener in listeners.iter() {
+            listener(new);
+        }
+    }
+
     /// Pushes the unsynced revocations, and with `read` merges the set's
     /// live entries into the copy.
     async fn sync(&self, read: bool) -> Result<(), StoreError> {
@@ -162,7 +193,7 @@ impl Inner {
         let key = format!("{}{SET}", redis.settings().key_prefix);
         let reply = redis.script(&self.script, vec![key], args).await?;
         let remote = parse_scores(reply)?;
-        {
+        let new = {
             let mut known = self.lock();
             for (jti, until) in &pushed {
                 if known.unsynced.get(jti) == Some(until) {
@@ -170,8 +201,9 @@ impl Inner {
                 }
             }
             known.live.retain(|_, until| *until >= now);
-            known.merge(remote);
-        }
+            known.merge(remote)
+        };
+        self.tell(&new);
         self.publish(&pushed).await;
         Ok(())
     }
@@ -190,12 +222,22 @@ impl Inner {
 }
 
 impl Known {
-    /// Adds revocations others made (the later lapse wins).
-    fn merge(&mut self, revoked: impl IntoIterator<Item = (String, u64)>) {
+    /// Adds revocations (the later lapse wins); the jtis not known before.
+    fn merge(&mut self, revoked: impl IntoIterator<Item = (String, u64)>) -> Vec<String> {
+        let now = unix_now();
+        let mut new = Vec::new();
         for (jti, until) in revoked {
-            let entry = self.live.entry(jti).or_insert(until);
-            *entry = (*entry).max(until);
+            match self.live.get_mut(&jti) {
+                Some(known) => *known = (*known).max(until),
+                None => {
+                    if until >= now {
+                        new.push(jti.clone());
+                    }
+                    self.live.insert(jti, until);
+                }
+            }
         }
+        new
     }
 }
 
@@ -209,7 +251,10 @@ impl Sink for Published {
             return;
         };
         match serde_json::from_slice::<Vec<(String, u64)>>(payload) {
-            Ok(revoked) => inner.lock().merge(revoked),
+            Ok(revoked) => {
+                let new = inner.lock().merge(revoked);
+                inner.tell(&new);
+            }
             Err(e) => tracing::warn!(error = %e, "unreadable revocation message ignored"),
         }
     }
@@ -274,6 +319,23 @@ mod tests {
         assert!(revocations.is_revoked("a"));
         assert!(!revocations.is_revoked("old"));
         assert!(!revocations.is_revoked("b"));
+    }
+
+    #[tokio::test]
+    async fn listeners_hear_each_new_revocation_once() {
+        let revocations = Revocations::start(None, None);
+        let heard = Arc::new(Mutex::new(Vec::new()));
+        let sink = heard.clone();
+        revocations.listen(Arc::new(move |jtis: &[String]| {
+            sink.lock().unwrap().extend(jtis.iter().cloned())
+        }));
+        revocations.add("a", unix_now() + 60).await;
+        revocations.add("a", unix_now() + 90).await;
+        revocations.add("b", unix_now() + 60).await;
+        assert_eq!(
+            *heard.lock().unwrap(),
+            vec!["a".to_string(), "b".to_string()]
+        );
     }
 
     #[test]

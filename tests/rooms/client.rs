@@ -34,11 +34,30 @@ pub const FRAME_WAIT: Duration = Duration::from_secs(10);
 
 /// Issues a token for `identity` in `room` with the given grants.
 pub async fn token(app: &impl Broker, identity: &str, room: &str, grants: Option<Value>) -> String {
+    issue(app, identity, room, 600, grants).await.token
+}
+
+/// An issued RTC token with its session and expiry.
+pub struct Issued {
+    pub token: String,
+    pub session_id: String,
+    pub expires_at: u64,
+}
+
+/// Issues a token of `ttl` seconds for `identity` in `room`.
+pub async fn issue(
+    app: &impl Broker,
+    identity: &str,
+    room: &str,
+    ttl: u64,
+    grants: Option<Value>,
+) -> Issued {
+    let session_id = format!("s-{}", uuid::Uuid::new_v4().simple());
     let mut body = json!({
-        "session_id": format!("s-{}", uuid::Uuid::new_v4().simple()),
+        "session_id": session_id,
         "identity": identity,
         "room": room,
-        "ttl_seconds": 600,
+        "ttl_seconds": ttl,
     });
     if let Some(grants) = grants {
         body["grants"] = grants;
@@ -51,7 +70,19 @@ pub async fn token(app: &impl Broker, identity: &str, room: &str, grants: Option
         .expect("token request");
     assert_eq!(res.status(), 200);
     let body: Value = res.json().await.expect("token JSON");
-    body["rtc_token"].as_str().expect("rtc_token").to_string()
+    Issued {
+        token: body["rtc_token"].as_str().expect("rtc_token").to_string(),
+        session_id,
+        expires_at: body["expires_at"].as_u64().expect("expires_at"),
+    }
+}
+
+/// Opens the room with an already issued token; panics if refused.
+pub async fn open(app: &impl Broker, room: &str, token: &str) -> Client {
+    match upgrade(app, room, &format!("token={token}"), &[]).await {
+        Upgrade::Open(client) => *client,
+        Upgrade::Refused(status, body) => panic!("join refused: {status} {body}"),
+    }
 }
 
 /// What an upgrade attempt ended in.
@@ -134,6 +165,12 @@ impl Client {
 
     pub async fn publish(&mut self, data: Value) {
         self.send_json(json!({"type": "publish", "data": data}))
+            .await;
+    }
+
+    /// Publishes with a `ref`, to be answered by an ack or an error frame.
+    pub async fn publish_ref(&mut self, data: Value, reference: Value) {
+        self.send_json(json!({"type": "publish", "data": data, "ref": reference}))
             .await;
     }
 

@@ -180,3 +180,60 @@ crate::on_every_backend!(
     join_presence_and_delivery,
     every_member_gets_every_message_once_in_order,
 );
+
+/// Reads frames until both the ack of `reference` and the message echo
+/// arrived (in either order); the ack's id and the message.
+async fn ack_and_echo(c: &mut Client, reference: &Value) -> (Value, Value) {
+    let (mut ack, mut echo) = (None, None);
+    while ack.is_none() || echo.is_none() {
+        let frame = c.next_json().await;
+        match frame["type"].as_str() {
+            Some("ack") => {
+                assert_eq!(&frame["ref"], reference, "{frame}");
+                ack = Some(frame);
+            }
+            Some("message") => echo = Some(frame),
+            Some("error") => panic!("error frame for {reference}: {frame}"),
+            _ => {}
+        }
+    }
+    (ack.unwrap_or_default(), echo.unwrap_or_default())
+}
+
+/// A publish with a `ref` is answered `ack` with the id every member gets;
+/// a refused one with an error frame carrying the same `ref`.
+async fn publishes_with_a_ref_are_acknowledged(backend: Backend) {
+    let (a, b) = pair(backend).await;
+    let room = room_name();
+    let mut alice = join(&a, &room, "alice").await;
+    let mut bob = join(b.as_ref().unwrap_or(&a), &room, "bob").await;
+    for reference in [json!("r-1"), json!(42), json!(-7)] {
+        alice
+            .publish_ref(json!({"n": reference.clone()}), reference.clone())
+            .await;
+        let (ack, echo) = ack_and_echo(&mut alice, &reference).await;
+        assert_eq!(ack["id"], echo["id"], "{ack} {echo}");
+        assert!(ack.get("buffered").is_none(), "{ack}");
+        let got = bob.next_of("message").await;
+        assert_eq!(got["id"], ack["id"], "{got}");
+    }
+    // No ref, no ack: only the message.
+    alice.publish(json!("plain")).await;
+    assert_eq!(alice.next_json().await["type"], "message");
+    // A ref that is neither a short string nor an integer.
+    for bad in [json!(1.5), json!({"a": 1}), json!("x".repeat(129))] {
+        alice.publish_ref(json!(1), bad.clone()).await;
+        let error = alice.next_of("error").await;
+        assert_eq!(error["error"], "invalid_frame", "{bad}: {error}");
+    }
+    // Refused for the grants: the error frame names the ref.
+    let token =
+        crate::client::token(&a, "carol", &room, Some(json!({"can_publish_data": false}))).await;
+    let mut carol = crate::client::open(&a, &room, &token).await;
+    carol.publish_ref(json!("no"), json!("c-1")).await;
+    let error = carol.next_of("error").await;
+    assert_eq!(error["error"], "publish_forbidden", "{error}");
+    assert_eq!(error["ref"], "c-1", "{error}");
+}
+
+crate::on_every_backend!(publishes_with_a_ref_are_acknowledged);

@@ -46,11 +46,15 @@ async fn a_flood_is_refused_then_closed_with_1008(backend: Backend) {
     let app = spawn_app_with(backend, &[("BROKER__ROOMS__MESSAGES_PER_SECOND", "5")]).await;
     let mut other = join(&app, "flood", "bob").await;
     let mut c = join(&app, "flood", "alice").await;
-    for _ in 0..7 {
+    for _ in 0..5 {
         c.send_json(json!({"type": "ping"})).await;
     }
+    // The sixth frame in a second is over the rate; a refused publish names its ref.
+    c.send_json(json!({"type": "publish", "data": 1, "ref": "over"}))
+        .await;
     let error = c.next_of("error").await;
     assert_eq!(error["error"], "rate_limited", "{error}");
+    assert_eq!(error["ref"], "over", "{error}");
     for _ in 0..10 {
         c.send_json(json!({"type": "ping"})).await;
     }
@@ -59,14 +63,19 @@ async fn a_flood_is_refused_then_closed_with_1008(backend: Backend) {
     assert_eq!(other.next_of("message").await["data"], "fine");
 }
 
-/// A client that never reads is closed once its queue is full; a reading
-/// member of the same room gets every message.
+/// A client that never reads is closed (1008) once its queue is over
+/// `max_queue` and it made no progress for two seconds; a reading member of
+/// the same room gets every message, in order, meanwhile.
+///
+/// On loopback the kernel holds up to `tcp_rmem` (32 MiB here) + `tcp_wmem`
+/// (4 MiB) of a connection's unread data before the broker's own queue
+/// fills, so the stuck client is sent more than that: 1,000 frames of 60 KB.
 async fn a_client_that_never_reads_is_dropped(backend: Backend) {
     let app = spawn_app_with(backend, &[("BROKER__ROOMS__MAX_QUEUE", "4")]).await;
     let mut stuck = join(&app, "slow", "stuck").await;
     let mut reader = join(&app, "slow", "reader").await;
     let blob = "z".repeat(60_000);
-    const N: usize = 400;
+    const N: usize = 1_000;
     let read_all = async {
         for k in 0..N {
             let m = reader.next_of("message").await;

@@ -10,6 +10,7 @@ mod harness;
 mod helpers;
 
 mod auth;
+mod authority;
 // Shared with tests/rooms_failover, which uses other parts of it.
 #[allow(dead_code)]
 mod client;

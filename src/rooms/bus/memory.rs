@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use super::{Bus, BusEvent, Delivery, Inbox, Outgoing, Position, PresenceChanges};
+use crate::clock::unix_now_ms;
 use crate::domain::Id;
 use crate::rooms::protocol::PresenceKind;
 use crate::store::StoreResult;
@@ -18,6 +19,8 @@ struct MemRoom {
     last_id: u64,
     history: VecDeque<(Instant, Delivery)>,
     members: HashMap<String, usize>,
+    /// Banned members and until when (unix ms).
+    bans: HashMap<String, u64>,
     touched: Instant,
 }
 
@@ -28,6 +31,7 @@ impl MemRoom {
             last_id: 0,
             history: VecDeque::new(),
             members: HashMap::new(),
+            bans: HashMap::new(),
             touched: Instant::now(),
         }
     }
@@ -71,7 +75,11 @@ impl MemoryBus {
             return;
         }
         let ttl = self.history_ttl;
-        rooms.retain(|_, r| !r.members.is_empty() || r.touched.elapsed() < ttl);
+        let now = unix_now_ms();
+        rooms.retain(|_, r| {
+            r.bans.retain(|_, until| *until > now);
+            !r.members.is_empty() || !r.bans.is_empty() || r.touched.elapsed() < ttl
+        });
     }
 }
 
@@ -167,6 +175,21 @@ impl Bus for MemoryBus {
                 r.members.iter().map(|(m, c)| (m.clone(), *c)).collect();
             members.sort();
             members
+        }))
+    }
+
+    async fn kick(&self, room: &Id, member: &str, banned_until_ms: Option<u64>) -> StoreResult<()> {
+        if let Some(until) = banned_until_ms {
+            self.with_room(room, |r| r.bans.insert(member.to_string(), until));
+        }
+        self.inbox.deliver(room, BusEvent::Kick(member.to_string()));
+        Ok(())
+    }
+
+    async fn banned_until(&self, room: &Id, member: &str) -> StoreResult<Option<u64>> {
+        let now = unix_now_ms();
+        Ok(self.with_room(room, |r| {
+            r.bans.get(member).copied().filter(|until| *until > now)
         }))
     }
 }

@@ -53,6 +53,8 @@ pub struct Position {
 pub enum BusEvent {
     Message(Delivery),
     Presence(PresenceKind, String),
+    /// The member was removed from the room: close its sockets here (4004).
+    Kick(String),
     /// The subscription is (again) in place: whatever pub/sub dropped while
     /// it was not must be read from history.
     Resync,
@@ -116,6 +118,14 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Members across all instances with their connection counts.
     async fn members(&self, room: &Id) -> StoreResult<Vec<(String, usize)>>;
+
+    /// Removes `member` from `room` on every instance (a `Kick` event for
+    /// each), after recording a ban until `banned_until_ms` (unix ms) when
+    /// one is given.
+    async fn kick(&self, room: &Id, member: &str, banned_until_ms: Option<u64>) -> StoreResult<()>;
+
+    /// Until when (unix ms) `member` is banned from `room`, if it is.
+    async fn banned_until(&self, room: &Id, member: &str) -> StoreResult<Option<u64>>;
 }
 
 /// What a presence refresh changed.

@@ -138,10 +138,15 @@ pub(super) const ERRORS: &[(&str, &[&[&str]])] = &[
             STORE,
             &["invalid_id", "invalid_request", "invalid_token"],
             &["origin_forbidden", "room_forbidden", "room_full"],
+            &["member_banned", "shutting_down"],
         ],
     ),
     ("publish", &[JSON_BODY, KEY, STORE, &["invalid_id"]]),
     ("room_members", &[STORE, &["invalid_id"]]),
+    (
+        "kick_member",
+        &[KEY, STORE, &["invalid_id", "invalid_request"]],
+    ),
     (
         "start_recording",
         &[JSON_BODY, KEY, STORE, &["invalid_id", "merge_unavailable"]],
@@ -211,6 +216,25 @@ pub struct MemberPath {
 #[into_params(parameter_in = Path)]
 pub struct RoomPath {
     room: Id,
+}
+
+/// A member of a room.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Path)]
+pub struct RoomMemberPath {
+    room: Id,
+    /// The member id (the token's `sub`).
+    member_id: Id,
+}
+
+/// A kick's ban.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct KickQuery {
+    /// Refuse the member's joins (403 `member_banned`) for this many
+    /// seconds; 0 or absent = no ban.
+    #[param(minimum = 0, maximum = 86400)]
+    ban_seconds: Option<u64>,
 }
 
 /// A recording.
@@ -432,6 +456,16 @@ pub fn publish() {}
     responses((status = 200, description = "the members", body = RoomMembers))
 )]
 pub fn room_members() {}
+
+/// Removes a member from a room: its sockets in the room close with 4004
+/// on every instance within a second; with `ban_seconds` its joins are
+/// refused (403 `member_banned`) until the ban ends.
+#[utoipa::path(
+    delete, path = "/api/rooms/{room}/members/{member_id}", tag = "rooms",
+    operation_id = "kick_member", params(RoomMemberPath, KickQuery),
+    responses((status = 202, description = "kicked", body = Kicked))
+)]
+pub fn kick_member() {}
 
 /// Starts a recording; the body is optional.
 #[utoipa::path(

@@ -269,6 +269,14 @@ pub struct Published {
     buffered: Option<bool>,
 }
 
+/// A kick: the room, the member, and with a ban until when (unix seconds).
+#[derive(ToSchema)]
+pub struct Kicked {
+    room: Id,
+    member_id: Id,
+    banned_until: Option<u64>,
+}
+
 /// `GET /api/rooms/{room}/members`, across all instances.
 #[derive(ToSchema)]
 pub struct RoomMembers {

@@ -10,8 +10,9 @@
 //! Keys of a room share one hash slot (`room:{<room>}:...`): `meta` (epoch,
 //! last id, the master's replication id), `history` (a stream whose entry
 //! ids are the message ids, capped at `rooms.history_size`), the three
-//! presence keys, `origins` (recent publish ids, for idempotent retries)
-//! and the `events` channel.
+//! presence keys, `origins` (recent publish ids, for idempotent retries),
+//! `ban:<member>` (a kicked member's ban, expiring with it) and the
+//! `events` channel, which carries messages, presence events and kicks.
 
 mod scripts;
 
@@ -51,6 +52,7 @@ struct RoomKeys {
     members: String,
     origins: String,
     channel: String,
+    base: String,
 }
 
 /// The names of everything the bus keeps in Redis.
@@ -70,6 +72,7 @@ impl Names {
             members: format!("{base}members"),
             origins: format!("{base}origins"),
             channel: format!("{base}events"),
+            base,
         }
     }
 
@@ -82,8 +85,14 @@ impl Names {
     }
 }
 
-/// What travels on a room channel: a message (`e`, `i`, ...) or a presence
-/// event (`p`, `m`).
+impl RoomKeys {
+    fn ban(&self, member: &str) -> String {
+        format!("{}ban:{member}", self.base)
+    }
+}
+
+/// What travels on a room channel: a message (`e`, `i`, ...), a presence
+/// event (`p`, `m`) or a kick (`k`).
 #[derive(Deserialize)]
 struct Wire {
     e: Option<String>,
@@ -95,16 +104,21 @@ struct Wire {
     d: Option<Box<RawValue>>,
     p: Option<String>,
     m: Option<String>,
+    k: Option<String>,
 }
 
 /// A decoded channel payload.
 enum Decoded {
     Message(Delivery, u64),
     Presence(PresenceKind, String),
+    Kick(String),
 }
 
 fn decode(payload: &[u8]) -> Option<Decoded> {
     let wire: Wire = serde_json::from_slice(payload).ok()?;
+    if let Some(member) = wire.k {
+        return Some(Decoded::Kick(member));
+    }
     if let (Some(kind), Some(member)) = (wire.p.as_deref(), wire.m) {
         let kind = match kind {
             "join" => PresenceKind::Join,
@@ -146,6 +160,7 @@ impl Sink for RoomSink {
             Some(Decoded::Presence(kind, member)) => {
                 self.inbox.deliver(&room, BusEvent::Presence(kind, member))
             }
+            Some(Decoded::Kick(member)) => self.inbox.deliver(&room, BusEvent::Kick(member)),
             None => tracing::warn!(room = %room, "undecodable message on a room channel; ignored"),
         }
     }
@@ -456,5 +471,31 @@ impl Bus for RedisBus {
             *counts.entry(member.to_string()).or_default() += connections.parse().unwrap_or(0);
         }
         Ok(counts.into_iter().collect())
+    }
+
+    async fn kick(&self, room: &Id, member: &str, banned_until_ms: Option<u64>) -> StoreResult<()> {
+        let keys = self.names.room(room);
+        if let Some(until) = banned_until_ms {
+            let cmd = redis::cmd("SET")
+                .arg(keys.ban(member))
+                .arg("1")
+                .arg("PXAT")
+                .arg(until)
+                .clone();
+            self.store.command(cmd).await?;
+        }
+        let payload = serde_json::json!({ "k": member }).to_string();
+        self.pubsub.publish(&keys.channel, payload.as_bytes()).await
+    }
+
+    async fn banned_until(&self, room: &Id, member: &str) -> StoreResult<Option<u64>> {
+        let keys = self.names.room(room);
+        let cmd = redis::cmd("PEXPIRETIME").arg(keys.ban(member)).clone();
+        let reply = self.store.command(cmd).await?;
+        // -2: no such key (not banned); -1 cannot happen (always set with PXAT).
+        Ok(match reply {
+            Value::Int(at) if at > 0 => Some(at as u64),
+            _ => None,
+        })
     }
 }
