@@ -7,7 +7,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use crate::client::{join, Client, Event};
 use crate::harness::process::start;
-use crate::harness::{blocking, Single};
+use crate::harness::{blocking, Cluster, SentinelSet, Single};
 use crate::run::broker_env;
 use crate::SERIAL;
 
@@ -91,33 +91,30 @@ async fn members_keep_talking_through_an_outage_and_the_rest_follows() {
 }
 
 /// A broker killed with SIGKILL says nothing; its members vanish from the
-/// others' presence (with `leave`) within the presence TTL.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_brokers_members_leave_within_the_presence_ttl() {
-    let _serial = SERIAL.lock().await;
-    let redis = blocking(Single::start).await;
+/// others' presence (with `leave`) within the presence TTL, in every Redis
+/// mode. `redis` is the topology's environment for the brokers.
+async fn a_killed_brokers_members_leave(label: &str, redis: Vec<(&'static str, String)>) {
     let prefix = format!("k{}:", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let ttl = [("BROKER__ROOMS__PRESENCE_TTL_SECONDS", "4".to_string())];
-    let mut pairs = vec![("REDIS_URL", redis.url())];
-    pairs.extend(ttl.iter().cloned());
+    let mut pairs = redis.clone();
+    pairs.push(("BROKER__ROOMS__PRESENCE_TTL_SECONDS", "4".to_string()));
     let a = crate::harness::spawn_broker(&broker_env(&pairs, &prefix)).await;
     let dir = tempfile::tempdir().unwrap();
-    let url = redis.url();
-    let doomed_env = [
+    let mut doomed_env: Vec<(&str, &str)> = vec![
         ("PORT", "0"),
-        ("REDIS_URL", url.as_str()),
         ("REDIS_KEY_PREFIX", prefix.as_str()),
         ("BROKER__ROOMS__PRESENCE_TTL_SECONDS", "4"),
     ];
+    doomed_env.extend(redis.iter().map(|(k, v)| (*k, v.as_str())));
     let mut doomed = start(&doomed_env, dir.path());
     let b = format!("http://127.0.0.1:{}", doomed.port);
 
-    let mut alice = join(&a, "kill", "alice").await;
-    let bob = join(&b, "kill", "bob").await;
+    let room = format!("kill-{label}");
+    let mut alice = join(&a, &room, "alice").await;
+    let bob = join(&b, &room, "bob").await;
     let joined = alice.next_of("presence").await;
     assert_eq!(joined["event"], "join");
-    let members = |app: String| async move {
-        let v: serde_json::Value = reqwest::get(format!("{app}/api/rooms/kill/members"))
+    let members = |app: String, room: String| async move {
+        let v: serde_json::Value = reqwest::get(format!("{app}/api/rooms/{room}/members"))
             .await
             .unwrap()
             .json()
@@ -125,7 +122,7 @@ async fn a_killed_brokers_members_leave_within_the_presence_ttl() {
             .unwrap();
         v["members"].as_array().unwrap().len()
     };
-    assert_eq!(members(a.clone()).await, 2);
+    assert_eq!(members(a.clone(), room.clone()).await, 2);
 
     doomed.child.kill().unwrap();
     let killed = Instant::now();
@@ -136,9 +133,34 @@ async fn a_killed_brokers_members_leave_within_the_presence_ttl() {
         json!({"type": "presence", "event": "leave", "member_id": "bob"})
     );
     assert!(after <= Duration::from_secs(4), "leave after {after:?}");
-    assert_eq!(members(a.clone()).await, 1);
-    println!("a SIGKILLed broker's member left after {after:?} (presence TTL 3 s)");
+    assert_eq!(members(a.clone(), room).await, 1);
+    println!("{label}: a SIGKILLed broker's member left after {after:?} (presence TTL 4 s)");
     drop(bob);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_brokers_members_leave_single() {
+    let _serial = SERIAL.lock().await;
+    let redis = blocking(Single::start).await;
+    a_killed_brokers_members_leave("single", vec![("REDIS_URL", redis.url())]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_brokers_members_leave_sentinel() {
+    let _serial = SERIAL.lock().await;
+    let set = blocking(SentinelSet::start).await;
+    a_killed_brokers_members_leave("sentinel", set.broker_env()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_brokers_members_leave_cluster() {
+    let _serial = SERIAL.lock().await;
+    let cluster = blocking(Cluster::start).await;
+    let env = vec![
+        ("REDIS_MODE", "cluster".to_string()),
+        ("REDIS_CLUSTER_NODES", cluster.nodes_env()),
+    ];
+    a_killed_brokers_members_leave("cluster", env).await;
 }
 
 /// SIGTERM: clients get close code 1001 and the process exits 0.

@@ -161,12 +161,16 @@ impl Bus for MemoryBus {
         room: &Id,
         local: &[(String, usize)],
     ) -> StoreResult<PresenceChanges> {
-        self.with_room(room, |r| {
+        let all = self.with_room(room, |r| {
             for (member, count) in local {
                 r.members.insert(member.clone(), *count);
             }
+            r.members.keys().cloned().collect()
         });
-        Ok(PresenceChanges::default())
+        Ok(PresenceChanges {
+            all: Some(all),
+            ..PresenceChanges::default()
+        })
     }
 
     async fn members(&self, room: &Id) -> StoreResult<Vec<(String, usize)>> {

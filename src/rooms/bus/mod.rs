@@ -133,4 +133,6 @@ pub trait Bus: Send + Sync + 'static {
 pub struct PresenceChanges {
     pub joined: Vec<String>,
     pub left: Vec<String>,
+    /// Every member present on any instance after the refresh, when known.
+    pub all: Option<Vec<String>>,
 }

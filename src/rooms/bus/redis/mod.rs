@@ -443,9 +443,10 @@ impl Bus for RedisBus {
             )
             .await?;
         match reply {
-            Value::Array(parts) if parts.len() == 2 => Ok(PresenceChanges {
+            Value::Array(parts) if parts.len() == 3 => Ok(PresenceChanges {
                 joined: strings(&parts[0]),
                 left: strings(&parts[1]),
+                all: Some(strings(&parts[2])),
             }),
             _ => Err(shape("presence sync")),
         }

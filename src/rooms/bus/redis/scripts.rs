@@ -110,7 +110,8 @@ return 0
 /// Refresh this instance's entries, purge lapsed ones (any instance).
 /// KEYS: presence, expiry, members, meta. ARGV: now ms, expires at ms, key
 /// TTL ms, meta TTL ms, then (field, member, connections) triples.
-/// Returns {members that appeared, members that vanished}.
+/// Returns {members that appeared, members that vanished, every member
+/// present on any instance}.
 const PRESENCE_SYNC: &str = r#"
 local joined, left = {}, {}
 for i = 5, #ARGV, 3 do
@@ -135,7 +136,7 @@ if #ARGV >= 5 then
   for i = 1, 3 do redis.call('PEXPIRE', KEYS[i], ARGV[3]) end
   redis.call('PEXPIRE', KEYS[4], ARGV[4])
 end
-return {joined, left}
+return {joined, left, redis.call('HKEYS', KEYS[3])}
 "#;
 
 /// Members: live entries only (lapsed ones are left for the purge, which

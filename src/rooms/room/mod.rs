@@ -15,13 +15,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod members;
+
 use bytestring::ByteString;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::bus::{Bus, BusEvent, Delivery, Outgoing};
 use super::conn::{Closing, Conn, ConnParts, QueueLimits};
+
 use super::hub::{Registry, RoomShared};
-use super::protocol::{render, PresenceKind, Welcome};
+use super::protocol::render;
 use crate::domain::Id;
 
 /// A client asking to resume: the last id it saw and the epoch it was in.
@@ -92,6 +95,9 @@ pub struct RoomTask {
     slow: Vec<u64>,
     /// The last connection left (the room may retire).
     emptied: bool,
+    /// Members present on any instance, as this room last knew them
+    /// (`None` before the first join read them).
+    view: Option<HashSet<String>>,
     queue: QueueLimits,
     /// Local ids handed out since Redis was last heard from: (first, last).
     /// Redis ids after an outage start above them (the publish floor).
@@ -175,6 +181,7 @@ impl RoomTask {
             queue,
             slow: Vec::new(),
             emptied: false,
+            view: None,
             local_ids: None,
             redis_back: false,
         };
@@ -441,166 +448,6 @@ impl RoomTask {
     async fn reap(&mut self) {
         while let Some(conn_id) = self.slow.pop() {
             self.remove(conn_id).await;
-        }
-    }
-
-    fn presence_frame(&mut self, kind: PresenceKind, member: &str) {
-        let frame = render::presence(kind, member);
-        let mut slow = Vec::new();
-        for (conn_id, conn) in &mut self.conns {
-            if conn.member != member && !conn.send(&frame) {
-                slow.push(*conn_id);
-            }
-        }
-        self.drop_slow(slow);
-    }
-
-    /// Tells every instance (or, when the bus cannot, this one) about a
-    /// presence change.
-    async fn announce(&mut self, kind: PresenceKind, member: &str) {
-        if let Err(e) = self.bus.announce(&self.id, kind, member).await {
-            tracing::debug!(room = %self.id, error = %e, "presence event not sent; local only");
-            self.presence_frame(kind, member);
-        }
-    }
-
-    async fn join(&mut self, request: JoinRequest) -> Joined {
-        let count = {
-            let count = self.members.entry(request.conn.member.clone()).or_insert(0);
-            *count += 1;
-            *count
-        };
-        match self
-            .bus
-            .presence_join(&self.id, &request.conn.member, count)
-            .await
-        {
-            Ok(true) => {
-                self.announce(PresenceKind::Join, &request.conn.member)
-                    .await
-            }
-            Ok(false) => {}
-            Err(e) => tracing::debug!(room = %self.id, error = %e, "presence not recorded"),
-        }
-        let members = match self.bus.members(&self.id).await {
-            Ok(all) => all.into_iter().map(|(m, _)| m).collect(),
-            Err(_) => {
-                let mut local: Vec<String> = self.members.keys().cloned().collect();
-                local.sort();
-                local
-            }
-        };
-        let epoch = self
-            .epoch
-            .get_or_insert_with(super::bus::memory::new_epoch)
-            .clone();
-        let last = self.last.unwrap_or(0);
-        let (recovered, replay, last_sent) =
-            self.resume(request.resume.as_ref(), &epoch, last).await;
-        let welcome = render::welcome(&Welcome {
-            room: self.id.as_str(),
-            member_id: &request.conn.member,
-            members: &members,
-            epoch: &epoch,
-            last_id: last,
-            recovered,
-            expires_at: request.expires_at,
-        });
-        let mut frames = Vec::with_capacity(1 + replay.len());
-        frames.push(welcome);
-        frames.extend(
-            replay
-                .iter()
-                .map(|d| render::message(self.id.as_str(), &d.message.from, &d.message.data, d.id)),
-        );
-        let last_sent = replay.iter().map(|d| d.id).fold(last_sent, u64::max);
-        self.conns.insert(
-            request.conn_id,
-            Conn::new(request.conn, self.queue, last_sent),
-        );
-        self.shared.connections.fetch_add(1, Ordering::AcqRel);
-        Joined { frames }
-    }
-
-    /// What a resuming client gets: whether nothing was missed, the missed
-    /// messages, and the id it is then at.
-    async fn resume(
-        &self,
-        resume: Option<&Resume>,
-        epoch: &str,
-        last: u64,
-    ) -> (Option<bool>, Vec<Delivery>, u64) {
-        let Some(resume) = resume else {
-            return (None, Vec::new(), last);
-        };
-        if resume.epoch != epoch {
-            return (Some(false), Vec::new(), last);
-        }
-        if resume.since >= last {
-            return (Some(true), Vec::new(), resume.since);
-        }
-        match self.bus.history(&self.id, resume.since).await {
-            Ok(missed) => {
-                // Ids are contiguous within an epoch: history reaches back
-                // far enough when it starts right after `since`.
-                let whole = missed
-                    .first()
-                    .is_some_and(|d| d.id == resume.since + 1 && d.epoch == epoch);
-                (Some(whole), missed, last)
-            }
-            Err(e) => {
-                tracing::debug!(room = %self.id, error = %e, "history unavailable for a resume");
-                (Some(false), Vec::new(), last)
-            }
-        }
-    }
-
-    async fn remove(&mut self, conn_id: u64) {
-        let Some(conn) = self.conns.remove(&conn_id) else {
-            return;
-        };
-        self.emptied = self.conns.is_empty();
-        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
-        let remaining = match self.members.get_mut(&conn.member) {
-            Some(count) => {
-                *count = count.saturating_sub(1);
-                *count
-            }
-            None => 0,
-        };
-        if remaining > 0 {
-            let _ = self
-                .bus
-                .presence_join(&self.id, &conn.member, remaining)
-                .await;
-            return;
-        }
-        self.members.remove(&conn.member);
-        match self.bus.presence_leave(&self.id, &conn.member).await {
-            Ok(true) => self.announce(PresenceKind::Leave, &conn.member).await,
-            Ok(false) => {}
-            Err(e) => {
-                tracing::debug!(room = %self.id, error = %e, "presence leave not recorded");
-                self.presence_frame(PresenceKind::Leave, &conn.member);
-            }
-        }
-    }
-
-    /// Refreshes this instance's presence and announces members that
-    /// vanished elsewhere (an instance that died) or reappeared.
-    async fn sync_presence(&mut self) {
-        let local: Vec<(String, usize)> =
-            self.members.iter().map(|(m, c)| (m.clone(), *c)).collect();
-        match self.bus.presence_sync(&self.id, &local).await {
-            Ok(changes) => {
-                for member in changes.joined {
-                    self.announce(PresenceKind::Join, &member).await;
-                }
-                for member in changes.left {
-                    self.announce(PresenceKind::Leave, &member).await;
-                }
-            }
-            Err(e) => tracing::debug!(room = %self.id, error = %e, "presence refresh failed"),
         }
     }
 }
