@@ -196,10 +196,19 @@ impl Hub {
 
     /// Delivers a message to this instance's members only, with a local id;
     /// `None` when the room has no local members or hears from Redis again.
-    pub async fn deliver_locally(&self, room: &Id, message: Outgoing) -> Option<u64> {
+    pub async fn deliver_locally(
+        &self,
+        room: &Id,
+        message: Outgoing,
+        outage_since: tokio::time::Instant,
+    ) -> Option<u64> {
         let handle = self.registry.get(room)?;
         let (tx, rx) = oneshot::channel();
-        handle.cmds.send(Cmd::Local(message, tx)).await.ok()?;
+        handle
+            .cmds
+            .send(Cmd::Local(message, outage_since, tx))
+            .await
+            .ok()?;
         rx.await.ok().flatten()
     }
 }

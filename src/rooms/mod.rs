@@ -11,6 +11,7 @@
 //! and `bus` (ids, history, pub/sub, presence and kicks: in memory for one
 //! instance, Redis for many). The rest of the broker uses only [`Rooms`].
 
+mod acked;
 mod authority;
 pub mod bus;
 mod conn;
@@ -57,6 +58,9 @@ pub struct RoomStats {
     pub outage_refused: u64,
     /// Frames written to local sockets by every room (since start).
     pub fanned_out: u64,
+    /// Committed messages kept until their Redis master has shown it kept
+    /// them (published again if a failover replaced it).
+    pub unsettled: usize,
 }
 
 struct Inner {
@@ -197,13 +201,14 @@ impl Rooms {
 
     pub fn stats(&self) -> RoomStats {
         let (rooms, connections) = self.inner.registry.counts();
-        let (outage_buffered, outage_refused) = self.inner.outbox.stats();
+        let (outage_buffered, outage_refused, unsettled) = self.inner.outbox.stats();
         RoomStats {
             rooms,
             connections,
             outage_buffered,
             outage_refused,
             fanned_out: self.inner.registry.fanned_out.load(Ordering::Relaxed),
+            unsettled,
         }
     }
 

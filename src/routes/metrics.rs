@@ -103,6 +103,11 @@ fn rooms(s: &mut Snapshot, state: &AppState) {
         "Room publishes refused because the outage buffer was full.",
         rooms.outage_refused,
     );
+    s.gauge(
+        "rtc_room_unsettled_messages",
+        "Committed room messages kept until their Redis master has shown it kept them.",
+        rooms.unsettled as i64,
+    );
 }
 
 fn recordings(s: &mut Snapshot, state: &AppState) {

@@ -98,6 +98,7 @@ async fn metrics_describe_the_instance(backend: Backend) {
         "rtc_pubsub_resubscribes_total",
         "rtc_room_outage_buffer",
         "rtc_room_outage_refused_total",
+        "rtc_room_unsettled_messages",
         "rtc_recording_chunks_stored_total",
         "rtc_recording_chunk_bytes_total",
         "rtc_recording_index_collisions_repaired_total",

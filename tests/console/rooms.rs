@@ -94,3 +94,65 @@ async fn two_pages_on_two_instances_talk_see_each_other_and_resume() {
     ui::assert_clean_log(&alice);
     ui::assert_clean_log(&bob);
 }
+
+/// A console page keeps its room through its token's expiry by sending
+/// `refresh` with a fresh token, and says why when the broker removes it
+/// (a kick: 4004), without reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_refreshes_its_token_and_shows_a_kick() {
+    let app = spawn_app_with(
+        Backend::Memory,
+        &[
+            ("API_KEYS", API_KEY),
+            ("BROKER__TOKENS__LEEWAY_SECONDS", "0"),
+        ],
+    )
+    .await;
+    let browser = Browser::launch().await;
+    let page = ui::open(&browser, &app).await;
+    let room = format!(
+        "refresh-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..8]
+    );
+    let form = TokenForm {
+        api_key: API_KEY,
+        session_id: &room,
+        identity: "carol",
+        room: &room,
+        ttl: "3",
+    };
+    ui::issue_token(&page, &form).await;
+    ui::join(&page).await;
+    let first = page.eval("rtcConsole.room.expiresAt").await;
+    assert!(first.as_u64().is_some(), "{first}");
+    // Past two lifetimes of a 3 s token, still in the room, refreshed.
+    page.wait_for(
+        "two refreshes",
+        "rtcConsole.room.refreshes >= 2 && rtcConsole.room.state === 'joined'",
+    )
+    .await;
+    let state = page.eval("rtcConsole.room").await;
+    assert!(state["expiresAt"].as_u64() > first.as_u64(), "{state}");
+    assert_eq!(state["reconnects"], 0, "{state}");
+    assert!(state["closedBecause"].is_null(), "{state}");
+
+    let res = app
+        .client
+        .delete(app.url(&format!("/api/rooms/{room}/members/carol")))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    page.wait_for("the kick to show", "rtcConsole.room.state === 'ended'")
+        .await;
+    let status = page.text("room-status").await;
+    assert!(
+        status.contains("4004") && status.contains("kicked"),
+        "{status}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(page.eval("rtcConsole.room.state").await, "ended");
+    assert_eq!(page.eval("rtcConsole.room.closedBecause.code").await, 4004);
+    ui::assert_clean_log(&page);
+}

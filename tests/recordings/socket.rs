@@ -229,3 +229,49 @@ async fn a_failed_merge_reaches_the_socket() {
         (&record.into(), &"no_chunks".into())
     );
 }
+
+/// Revoking the upload token (`POST /api/tokens/revoke`) closes the
+/// recording sockets opened with it on every instance (4003) within a
+/// second; a socket opened with the API key is not affected.
+async fn a_revoked_upload_token_closes_its_sockets(backend: Backend) {
+    let app = rec_app(backend, &[]).await;
+    let other = match backend {
+        Backend::Memory => None,
+        _ => Some(app.sibling().await),
+    };
+    let started = app.start().await;
+    let record = started["record_id"].as_str().unwrap().to_string();
+    let token = started["upload_token"].as_str().unwrap().to_string();
+    let there = other.as_ref().unwrap_or(&app);
+    let mut ws = open(there, &record, &format!("?token={token}"))
+        .await
+        .expect("open");
+    let t = std::time::Instant::now();
+    let res = app
+        .app
+        .client
+        .post(app.app.url("/api/tokens/revoke"))
+        .header("x-api-key", crate::client::API_KEY)
+        .json(&serde_json::json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let close = tokio::time::timeout(FRAME_WAIT, ws.next()).await.unwrap();
+    let took = t.elapsed();
+    match close {
+        Some(Ok(Message::Close(Some(frame)))) => assert_eq!(frame.code, CloseCode::from(4003)),
+        other => panic!("expected close 4003, got {other:?}"),
+    }
+    assert!(took <= Duration::from_secs(1), "closed after {took:?}");
+    // The revoked token opens nothing any more.
+    assert_eq!(
+        open(there, &record, &format!("?token={token}")).await.err(),
+        Some(401)
+    );
+}
+
+crate::backend_tests!(
+    [memory => Memory, single => Single]
+    a_revoked_upload_token_closes_its_sockets,
+);

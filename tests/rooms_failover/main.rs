@@ -1,11 +1,15 @@
-//! Rooms through failovers and outages, with real processes: clients on two
-//! broker instances publish continuously while the Redis master is failed
-//! over (`SENTINEL FAILOVER`), SIGKILLed (Sentinel, and in a Cluster the
-//! master of the room's slot), or all of Redis goes away and comes back.
-//! No client socket may close, and every message published must reach every
-//! member exactly once, each publisher's in order. A SIGKILLed broker's
-//! members leave within the presence TTL; SIGTERM closes sockets with 1001.
-//! Each test owns its topology; they run one at a time.
+//! Rooms through failovers and outages, with real processes and ordinary
+//! clients (see `run`): members on two broker instances publish at exactly
+//! the configured rate while Redis goes away in every way the suite knows:
+//! in single mode SIGSTOP past the command timeout and a whole outage in
+//! memory fallback (SIGKILL, restart empty); behind Sentinel `SENTINEL
+//! FAILOVER`, SIGKILL and SIGSTOP of the master; in a Cluster SIGKILL of the
+//! master of the room's slot and a slot move. No client socket may close,
+//! no publish be refused for the broker's own stall, and every
+//! acknowledged publish must reach every member exactly once, each
+//! publisher's in order. A SIGKILLed broker's members leave within the
+//! presence TTL; SIGTERM closes sockets with 1001. Each test owns its
+//! topology; they run one at a time.
 
 #[path = "../rooms/client.rs"]
 #[allow(dead_code)]
@@ -18,11 +22,12 @@ mod helpers;
 
 mod outages;
 mod run;
+mod storm;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use harness::{blocking, Cluster, SentinelSet};
+use harness::{blocking, Cluster, SentinelSet, Single};
 use run::{spawn_pair, Scenario};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -48,6 +53,68 @@ async fn sentinel_scenario(label: &str) -> (Arc<Mutex<SentinelSet>>, Scenario) {
     (set, scenario)
 }
 
+/// A fresh single Redis, two brokers on it and the members' load started.
+async fn single_scenario(label: &str) -> (Arc<Mutex<Single>>, Scenario) {
+    let redis = Arc::new(Mutex::new(blocking(Single::start).await));
+    let env = vec![("REDIS_URL", redis.lock().unwrap().url())];
+    let (a, b) = spawn_pair(&env).await;
+    let scenario = Scenario::start(&a, &b, label).await;
+    (redis, scenario)
+}
+
+/// Waits (blocking) for the sentinels to promote another master.
+fn promoted(set: &Arc<Mutex<SentinelSet>>, old: u16) -> impl FnOnce() + Send + 'static {
+    let set = set.clone();
+    move || {
+        harness::wait_for_new_master(&set, old);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_redis_sigstop_loses_no_room_message() {
+    let _serial = SERIAL.lock().await;
+    let (redis, scenario) = single_scenario("single-stop").await;
+    let stop = {
+        let redis = redis.clone();
+        move || redis.lock().unwrap().node.pause()
+    };
+    // Three times the command timeout, then the same node answers again.
+    let cont = {
+        let redis = redis.clone();
+        move || {
+            std::thread::sleep(Duration::from_secs(3));
+            redis.lock().unwrap().node.resume();
+        }
+    };
+    scenario
+        .through("SIGSTOP of the single Redis for 3 s", stop, cont)
+        .await;
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_fallback_outage_loses_no_room_message() {
+    let _serial = SERIAL.lock().await;
+    let (redis, scenario) = single_scenario("outage").await;
+    let kill = {
+        let redis = redis.clone();
+        move || redis.lock().unwrap().node.kill()
+    };
+    // Past `rooms.outage_local_after_ms` (3 s): members on one instance get
+    // each other's messages from it; Redis then returns empty.
+    let back = {
+        let redis = redis.clone();
+        move || {
+            std::thread::sleep(Duration::from_secs(5));
+            redis.lock().unwrap().node.restart();
+        }
+    };
+    scenario
+        .through("a 5 s Redis outage in memory fallback", kill, back)
+        .await;
+    drop(redis);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_failover_loses_no_room_message() {
     let _serial = SERIAL.lock().await;
@@ -60,11 +127,10 @@ async fn sentinel_failover_loses_no_room_message() {
             set.sentinels[0].cli(&["SENTINEL", "FAILOVER", &set.name]);
         }
     };
-    let waited = {
-        let set = set.clone();
-        move || harness::wait_for_new_master(&set, old)
-    };
-    scenario.through("SENTINEL FAILOVER", trigger, waited).await;
+    scenario
+        .through("SENTINEL FAILOVER", trigger, promoted(&set, old))
+        .await;
+    drop(set);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,13 +142,40 @@ async fn sentinel_master_sigkill_loses_no_room_message() {
         let set = set.clone();
         move || set.lock().unwrap().node_mut(old).kill()
     };
-    let waited = {
+    scenario
+        .through(
+            "SIGKILL of the Sentinel master",
+            trigger,
+            promoted(&set, old),
+        )
+        .await;
+    drop(set);
+}
+
+/// The master hangs with its sockets open (longer than the command
+/// timeout, until the sentinels promote the replica), then wakes up as a
+/// demoted master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_master_sigstop_loses_no_room_message() {
+    let _serial = SERIAL.lock().await;
+    let (set, scenario) = sentinel_scenario("sentinel-stop").await;
+    let old = set.lock().unwrap().master_port();
+    let trigger = {
         let set = set.clone();
-        move || harness::wait_for_new_master(&set, old)
+        move || set.lock().unwrap().node(old).pause()
+    };
+    let wait = promoted(&set, old);
+    let recovered = {
+        let set = set.clone();
+        move || {
+            wait();
+            set.lock().unwrap().node(old).resume();
+        }
     };
     scenario
-        .through("SIGKILL of the Sentinel master", trigger, waited)
+        .through("SIGSTOP of the Sentinel master", trigger, recovered)
         .await;
+    drop(set);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -95,10 +188,9 @@ async fn cluster_master_sigkill_loses_no_room_message() {
         let cluster = cluster.clone();
         move || cluster.lock().unwrap().nodes[victim].kill()
     };
-    let waited = {
+    let promoted = {
         let cluster = cluster.clone();
         move || {
-            let started = Instant::now();
             harness::wait_for(
                 "a new master for the room's slot",
                 Duration::from_secs(30),
@@ -110,19 +202,16 @@ async fn cluster_master_sigkill_loses_no_room_message() {
                         .is_some_and(|i| i != victim)
                 },
             );
-            started
         }
     };
     scenario
         .through(
             "SIGKILL of the Cluster master of the room's slot",
             trigger,
-            move || {
-                waited();
-                0
-            },
+            promoted,
         )
         .await;
+    drop(cluster);
 }
 
 /// The room's slot moves to another master while members publish: the old
@@ -142,6 +231,7 @@ async fn cluster_slot_move_keeps_the_room_whole() {
         }
     };
     scenario
-        .through("the room's slot moved to another master", trigger, || 0)
+        .through("the room's slot moved to another master", trigger, || {})
         .await;
+    drop(cluster);
 }

@@ -67,6 +67,19 @@ async function issueToken(event) {
   updateRoomButtons();
 }
 
+/**
+ * A fresh token for the room panel's refresh: the same session, identity
+ * and room as the last one, the TTL the form asks for.
+ */
+async function renewToken() {
+  if (token === null) return null;
+  const body = { session_id: token.session_id, identity: token.identity, room: token.room };
+  const ttl = $('ttl').value.trim();
+  if (ttl) body.ttl_seconds = Number(ttl);
+  token = await api('POST', '/api/voice/token', body);
+  return token;
+}
+
 // -------------------------------------------------------- status object
 
 Object.defineProperty(window, 'rtcConsole', {
@@ -83,7 +96,7 @@ Object.defineProperty(window, 'rtcConsole', {
 });
 
 $('token-form').addEventListener('submit', issueToken);
-setupRoom(() => token);
+setupRoom(() => token, renewToken);
 setupRecording();
 startClock();
 showBrokerInfo();

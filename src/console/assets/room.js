@@ -1,15 +1,28 @@
 // The room panel: joins the token's room over /ws/rooms/{room}?token=,
 // shows presence and messages, and on an unexpected close reconnects with
 // backoff and resumes with ?since=<last id>&epoch=<epoch> (SPEC section 6),
-// telling the user that it did.
+// telling the user that it did. Before the token expires it asks the page
+// for a fresh one and sends it as {"type":"refresh"}; a close says why:
+// 4001 (expired: a fresh token, then reconnect), 4003 (revoked) and 4004
+// (kicked) end the stay for good, 1001 (the broker drains) reconnects.
 
 import { $, setState, socketUrl } from './common.js';
 
 /** Reconnect attempts before the page gives up on a room. */
 const MAX_ATTEMPTS = 10;
 
-/** The token to join with (set up by the page). */
+/** The token to join with, and how to get a fresh one (set up by the page). */
 let currentToken = () => null;
+let renewToken = async () => null;
+
+/** Refresh this long before the token expires (or at a third of its life). */
+const REFRESH_AHEAD_MS = 30000;
+
+/** Closes that end the stay in the room, and what the user is told. */
+const FINAL_CLOSES = {
+  4003: 'the token was revoked',
+  4004: 'you were removed from the room (kicked)',
+};
 
 const room = {
   socket: null,
@@ -29,6 +42,11 @@ const room = {
   resumedFrom: null,
   recovered: null,
   duplicates: 0,
+  expiresAt: null, // unix seconds, from the welcome or the last refresh
+  refreshTimer: null,
+  pendingToken: null, // sent in a refresh, not yet confirmed
+  refreshes: 0,
+  closedBecause: null, // the last close's code and reason, as the user saw it
 };
 
 function roomStatus(state, text) {
@@ -50,7 +68,7 @@ function joinRoom() {
   Object.assign(room, {
     name: token.room, token: token.rtc_token, wanted: true, joinedOnce: false,
     epoch: null, lastId: 0, attempt: 0, reconnects: 0, resumedFrom: null,
-    recovered: null, duplicates: 0,
+    recovered: null, duplicates: 0, refreshes: 0, closedBecause: null, expiresAt: null,
   });
   room.seen.clear();
   $('messages').replaceChildren();
@@ -83,7 +101,40 @@ function onRoomFrame(text, resuming) {
   if (frame.type === 'welcome') onWelcome(frame, resuming);
   else if (frame.type === 'message') onMessage(frame);
   else if (frame.type === 'presence') onPresence(frame);
+  else if (frame.type === 'refreshed') onRefreshed(frame);
   else if (frame.type === 'error') notice('error ' + frame.error + ': ' + frame.detail);
+}
+
+/** Asks for a fresh token a while before this one expires. */
+function scheduleRefresh() {
+  clearTimeout(room.refreshTimer);
+  if (room.expiresAt === null) return;
+  const left = room.expiresAt * 1000 - Date.now();
+  const ahead = Math.min(REFRESH_AHEAD_MS, left / 3);
+  room.refreshTimer = setTimeout(refreshToken, Math.max(0, left - ahead));
+}
+
+async function refreshToken() {
+  room.refreshTimer = null;
+  if (!room.socket || room.socket.readyState !== WebSocket.OPEN) return;
+  let fresh;
+  try {
+    fresh = await renewToken();
+  } catch (err) {
+    notice('could not renew the token: ' + err.message);
+    return;
+  }
+  if (!fresh || !room.socket || room.socket.readyState !== WebSocket.OPEN) return;
+  room.pendingToken = fresh.rtc_token;
+  room.socket.send(JSON.stringify({ type: 'refresh', token: fresh.rtc_token }));
+}
+
+function onRefreshed(frame) {
+  if (room.pendingToken) room.token = room.pendingToken; // reconnects use it
+  room.pendingToken = null;
+  room.expiresAt = frame.expires_at;
+  room.refreshes += 1;
+  scheduleRefresh();
 }
 
 function onWelcome(frame, resuming) {
@@ -105,6 +156,8 @@ function onWelcome(frame, resuming) {
   }
   room.epoch = frame.epoch;
   room.joinedOnce = true;
+  room.expiresAt = frame.expires_at;
+  scheduleRefresh();
   updateRoomButtons();
 }
 
@@ -165,8 +218,23 @@ function renderPresence() {
 function onRoomClose(socket, event) {
   if (socket !== room.socket) return; // an older socket
   room.socket = null;
+  clearTimeout(room.refreshTimer);
+  room.closedBecause = { code: event.code, reason: event.reason };
   updateRoomButtons();
   if (!room.wanted) return;
+  if (FINAL_CLOSES[event.code]) {
+    room.wanted = false;
+    room.members.clear();
+    renderPresence();
+    roomStatus('ended', 'Closed by the broker (' + event.code + '): ' +
+      FINAL_CLOSES[event.code] + '. Issue a new token to join again.');
+    updateRoomButtons();
+    return;
+  }
+  if (event.code === 4001) {
+    renewAndReconnect(event);
+    return;
+  }
   if (!room.joinedOnce) {
     room.wanted = false;
     roomStatus('error', 'Could not join (code ' + event.code + '): the broker refused the ' +
@@ -184,12 +252,27 @@ function onRoomClose(socket, event) {
   scheduleReconnect(event);
 }
 
+/** The token expired before a refresh: a fresh one, then resume. */
+async function renewAndReconnect(event) {
+  try {
+    const fresh = await renewToken();
+    if (fresh) room.token = fresh.rtc_token;
+  } catch (err) {
+    room.wanted = false;
+    roomStatus('error', 'The token expired (4001) and a fresh one could not be issued: ' +
+      err.message);
+    updateRoomButtons();
+    return;
+  }
+  scheduleReconnect(event);
+}
+
 /** Backoff 0.5 s doubling to 10 s with jitter, or the simulated outage. */
 function scheduleReconnect(event) {
   const backoff = Math.min(10000, 500 * 2 ** room.attempt) + Math.random() * 250;
   const delay = Math.max(backoff, room.holdUntil - Date.now());
   room.attempt += 1;
-  const why = event.reason ? event.code + ' ' + event.reason : String(event.code);
+  const why = closeText(event);
   roomStatus('reconnecting', 'Connection lost (' + why + '); reconnecting in ' +
     (delay / 1000).toFixed(1) + ' s, resuming after id ' + room.lastId + '.');
   room.timer = setTimeout(() => {
@@ -198,9 +281,22 @@ function scheduleReconnect(event) {
   }, delay);
 }
 
+/** A close as the user reads it. */
+function closeText(event) {
+  const known = {
+    1001: 'the broker is going away or draining',
+    1006: 'the connection dropped',
+    1008: 'closed for a policy: too fast, or not reading',
+    4001: 'the token expired',
+  };
+  const text = known[event.code] || event.reason || 'closed';
+  return event.code + ' ' + text;
+}
+
 function leaveRoom() {
   room.wanted = false;
   clearTimeout(room.timer);
+  clearTimeout(room.refreshTimer);
   room.timer = null;
   if (room.socket) room.socket.close(1000, 'left');
   room.socket = null;
@@ -237,12 +333,17 @@ export function roomSnapshot() {
     epoch: room.epoch, lastId: room.lastId, members: [...room.members].sort(),
     messages: room.seen.size, duplicates: room.duplicates, reconnects: room.reconnects,
     resumedFrom: room.resumedFrom, recovered: room.recovered,
+    expiresAt: room.expiresAt, refreshes: room.refreshes, closedBecause: room.closedBecause,
   };
 }
 
-/** Wires the panel's buttons; `token` returns the token to join with. */
-export function setupRoom(token) {
+/**
+ * Wires the panel's buttons; `token` returns the token to join with,
+ * `renew` issues a fresh one for the same session, identity and room.
+ */
+export function setupRoom(token, renew) {
   currentToken = token;
+  renewToken = renew;
   $('join-room').addEventListener('click', joinRoom);
   $('leave-room').addEventListener('click', leaveRoom);
   $('drop-connection').addEventListener('click', simulateOutage);

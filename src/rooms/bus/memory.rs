@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{Bus, BusEvent, Delivery, Inbox, Outgoing, Position, PresenceChanges};
+use super::{Bus, BusEvent, Commit, Delivery, Inbox, Outgoing, Position, PresenceChanges, Source};
 use crate::clock::unix_now_ms;
 use crate::domain::Id;
 use crate::rooms::protocol::PresenceKind;
@@ -91,9 +91,10 @@ impl Bus for MemoryBus {
         message: &Outgoing,
         _floor: u64,
         _new_epoch: bool,
-    ) -> StoreResult<Delivery> {
+        _expect: Option<&str>,
+    ) -> StoreResult<Commit> {
         let (size, ttl) = (self.history_size, self.history_ttl);
-        Ok(self.with_room(room, |r| {
+        let delivery = self.with_room(room, |r| {
             r.last_id += 1;
             let delivery = Delivery {
                 epoch: r.epoch.clone(),
@@ -110,7 +111,17 @@ impl Bus for MemoryBus {
             self.inbox
                 .deliver(room, BusEvent::Message(delivery.clone()));
             delivery
-        }))
+        });
+        // Nothing replicates: nothing to keep for a failover.
+        Ok(Commit::Done(delivery, Source::default()))
+    }
+
+    async fn source(&self, _room: &Id) -> StoreResult<Source> {
+        Ok(Source::default())
+    }
+
+    fn replicated(&self) -> bool {
+        false
     }
 
     async fn position(&self, room: &Id) -> StoreResult<Position> {

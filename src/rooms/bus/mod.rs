@@ -48,6 +48,28 @@ pub struct Position {
     pub last_id: u64,
 }
 
+/// The master that answered, as far as replication goes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Source {
+    /// Its replication id (empty for a store that does not replicate).
+    pub id: String,
+    /// Its replication offset when the call began: every write it took
+    /// before the call ends at or below it.
+    pub offset: i64,
+    /// The highest offset a replica has acknowledged (-1: no replica).
+    pub acked: i64,
+}
+
+/// What a publish came to.
+#[derive(Debug)]
+pub enum Commit {
+    /// Taken: the message's place, and the master that took it.
+    Done(Delivery, Source),
+    /// Refused, nothing written: the room's master is not the expected one
+    /// but this one (a failover replaced it).
+    Moved(Source),
+}
+
 /// What a bus tells a room.
 #[derive(Debug)]
 pub enum BusEvent {
@@ -73,14 +95,26 @@ pub trait Bus: Send + Sync + 'static {
     /// seen in the room: a sequence found behind it (a failover lost its
     /// tail) starts a new epoch above it instead of reusing ids; so does
     /// `new_epoch` (the first message after an outage: other instances may
-    /// have handed out local ids above anything this one saw).
+    /// have handed out local ids above anything this one saw). With
+    /// `expect`, the publish is refused unwritten ([`Commit::Moved`]) when
+    /// the room's master is another than that one. A publish whose id was
+    /// taken before answers that first id again and publishes nothing.
     async fn publish(
         &self,
         room: &Id,
         message: &Outgoing,
         floor: u64,
         new_epoch: bool,
-    ) -> StoreResult<Delivery>;
+        expect: Option<&str>,
+    ) -> StoreResult<Commit>;
+
+    /// The room's master now (see [`Commit`]).
+    async fn source(&self, room: &Id) -> StoreResult<Source>;
+
+    /// Whether a master is expected to have replicas that could replace it
+    /// (Sentinel, Cluster): then a message counts as kept once a replica
+    /// acknowledged it, else once its master answered a second later.
+    fn replicated(&self) -> bool;
 
     /// The room's epoch and last id (creating the epoch when the room has none).
     async fn position(&self, room: &Id) -> StoreResult<Position>;

@@ -18,7 +18,11 @@ impl RoomTask {
     /// own) when it changed the view: each change once, however many ways
     /// it arrived (this instance, another's announcement, a refresh).
     pub(super) fn presence_frame(&mut self, kind: PresenceKind, member: &str) {
-        let view = self.view.get_or_insert_with(HashSet::new);
+        // Before the first join there is nobody to tell; the join reads
+        // who is there.
+        let Some(view) = self.view.as_mut() else {
+            return;
+        };
         let changed = match kind {
             PresenceKind::Join => view.insert(member.to_string()),
             PresenceKind::Leave => view.remove(member),
@@ -51,11 +55,24 @@ impl RoomTask {
             *count += 1;
             *count
         };
-        match self
+        let recorded = self
             .bus
             .presence_join(&self.id, &request.conn.member, count)
-            .await
-        {
+            .await;
+        let members: Vec<String> = match self.bus.members(&self.id).await {
+            Ok(all) => all.into_iter().map(|(m, _)| m).collect(),
+            Err(_) => {
+                let mut local: Vec<String> = self.members.keys().cloned().collect();
+                local.sort();
+                local
+            }
+        };
+        // The room's first join (again, after it retired) sees who is there;
+        // from then on changes keep the view.
+        if self.view.is_none() {
+            self.view = Some(members.iter().cloned().collect());
+        }
+        match recorded {
             Ok(true) => {
                 self.announce(PresenceKind::Join, &request.conn.member)
                     .await
@@ -68,18 +85,6 @@ impl RoomTask {
                 tracing::debug!(room = %self.id, error = %e, "presence not recorded");
                 self.presence_frame(PresenceKind::Join, &request.conn.member);
             }
-        }
-        let members: Vec<String> = match self.bus.members(&self.id).await {
-            Ok(all) => all.into_iter().map(|(m, _)| m).collect(),
-            Err(_) => {
-                let mut local: Vec<String> = self.members.keys().cloned().collect();
-                local.sort();
-                local
-            }
-        };
-        // The first join sees who is there; later changes keep the view.
-        if self.view.is_none() {
-            self.view = Some(members.iter().cloned().collect());
         }
         let epoch = self.epoch.get_or_insert_with(new_epoch).clone();
         let last = self.last.unwrap_or(0);

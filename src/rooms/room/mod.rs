@@ -58,9 +58,10 @@ pub enum Cmd {
     /// The socket sent its `Joined` frames; live frames may flow now.
     Started(u64),
     /// Deliver to local members with an id of this instance (Redis cannot
-    /// take the message now); answers the id given, or `None` when the room
-    /// already hears from Redis again (the message then arrives through it).
-    Local(Outgoing, oneshot::Sender<Option<u64>>),
+    /// take the message now, since the instant given); answers the id
+    /// given, or `None` when the room has heard from Redis since then (the
+    /// message then arrives through it).
+    Local(Outgoing, tokio::time::Instant, oneshot::Sender<Option<u64>>),
 }
 
 /// The channels and handles a room task runs with.
@@ -102,9 +103,11 @@ pub struct RoomTask {
     /// Local ids handed out since Redis was last heard from: (first, last).
     /// Redis ids after an outage start above them (the publish floor).
     local_ids: Option<(u64, u64)>,
-    /// Redis delivered again after local ids were handed out: no more local
-    /// ids until a delivery above them closes the outage for this room.
-    redis_back: bool,
+    /// When a delivery from Redis last arrived. Once Redis is heard from
+    /// after an outage began, no more local ids are handed out for that
+    /// outage: Redis ids are being assigned again, and a local id could
+    /// name a message Redis gives the same id.
+    heard_at: Option<tokio::time::Instant>,
     /// The instance's count of frames fanned out (metrics).
     fanned_out: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -183,7 +186,7 @@ impl RoomTask {
             emptied: false,
             view: None,
             local_ids: None,
-            redis_back: false,
+            heard_at: None,
         };
         bus.subscribe(&id).await;
         room.refresh_position().await;
@@ -259,8 +262,8 @@ impl RoomTask {
                     self.drop_slow(vec![conn_id]);
                 }
             }
-            Cmd::Local(message, reply) => {
-                if self.redis_back {
+            Cmd::Local(message, outage_since, reply) => {
+                if self.heard_at.is_some_and(|at| at >= outage_since) {
                     let _ = reply.send(None);
                     return;
                 }
@@ -289,8 +292,12 @@ impl RoomTask {
                         self.local_origins.remove(&delivery.message.origin);
                         return;
                     }
-                    // Something between was dropped (or the epoch moved on).
-                    if delivery.id != last + 1 && !self.catch_up().await {
+                    // Something between was dropped (or the epoch moved on):
+                    // history fills the hole, and must vouch for this
+                    // delivery before it goes out (see `backed`).
+                    if delivery.id != last + 1
+                        && (!self.catch_up().await || !self.backed(&delivery))
+                    {
                         self.start_repair(Some(delivery));
                         return;
                     }
@@ -337,24 +344,47 @@ impl RoomTask {
     /// what was held back, in order.
     async fn retry_repair(&mut self) {
         let caught_up = self.catch_up().await;
-        let Some(repair) = self.repair.as_mut() else {
+        let Some(mut repair) = self.repair.take() else {
             return;
         };
-        let patience =
-            repair.started.elapsed() < REPAIR_GIVE_UP && repair.pending.len() < REPAIR_MAX_PENDING;
-        if !caught_up && patience {
-            repair.backoff = (repair.backoff * 2).min(Duration::from_secs(1));
-            repair.retry_at = tokio::time::Instant::now() + repair.backoff;
-            return;
-        }
-        if !caught_up {
-            tracing::warn!(room = %self.id, held = repair.pending.len(), "room history unreadable for too long: delivering what arrived, a gap remains");
-        }
-        if let Some(repair) = self.repair.take() {
-            for delivery in repair.pending {
-                self.deliver(delivery).await;
+        if caught_up {
+            // What history now covers was delivered from it; what continues
+            // the sequence goes out; the rest waits for history to vouch.
+            while let Some(next) = repair.pending.front() {
+                if !self.backed(next) {
+                    break;
+                }
+                if let Some(delivery) = repair.pending.pop_front() {
+                    self.deliver(delivery).await;
+                }
+            }
+            if repair.pending.is_empty() {
+                return;
             }
         }
+        let patience =
+            repair.started.elapsed() < REPAIR_GIVE_UP && repair.pending.len() < REPAIR_MAX_PENDING;
+        if patience {
+            repair.backoff = (repair.backoff * 2).min(Duration::from_secs(1));
+            repair.retry_at = tokio::time::Instant::now() + repair.backoff;
+            self.repair = Some(repair);
+            return;
+        }
+        tracing::warn!(room = %self.id, held = repair.pending.len(), "room history did not vouch for held messages in time: delivering what arrived, a gap may remain");
+        for delivery in repair.pending {
+            self.deliver(delivery).await;
+        }
+    }
+
+    /// Whether history, just read, has caught up to `delivery` (or it
+    /// continues the sequence). A live delivery past a hole that the room's
+    /// history does not reach is not from the room's current master: an old
+    /// master that woke up after a failover runs the commands it was sent
+    /// before it hung and publishes them, and delivering such a message
+    /// would put it before messages the new master holds. It waits until
+    /// history passes it (it then goes as a duplicate) or the repair gives up.
+    fn backed(&self, delivery: &Delivery) -> bool {
+        self.last.is_none_or(|last| last + 1 >= delivery.id)
     }
 
     /// Delivers what history holds past the last id delivered here; false
@@ -381,19 +411,16 @@ impl RoomTask {
     }
 
     async fn deliver(&mut self, delivery: Delivery) {
+        self.heard_at = Some(tokio::time::Instant::now());
         if let Some((first, last_local)) = self.local_ids {
             if delivery.id > last_local {
                 // Redis ids are past the local ones: the outage is over here.
                 self.local_ids = None;
-                self.redis_back = false;
             } else if delivery.id >= first {
                 // Redis is back, but this id was given out locally too (an
                 // instance that never lost Redis published meanwhile).
-                self.redis_back = true;
                 tracing::warn!(room = %self.id, id = delivery.id, "message id already used locally during an outage; not delivered here");
                 return;
-            } else {
-                self.redis_back = true;
             }
         }
         if self.last.is_some_and(|last| delivery.id <= last) {

@@ -26,7 +26,7 @@ use serde_json::value::RawValue;
 
 use self::scripts::Scripts;
 use super::memory::new_epoch;
-use super::{Bus, BusEvent, Delivery, Inbox, Outgoing, Position, PresenceChanges};
+use super::{Bus, BusEvent, Commit, Delivery, Inbox, Outgoing, Position, PresenceChanges, Source};
 use crate::clock::unix_now_ms;
 use crate::config::RoomsSettings;
 use crate::domain::Id;
@@ -257,6 +257,22 @@ fn text(v: &Value) -> Option<String> {
     redis::from_redis_value_ref::<String>(v).ok()
 }
 
+/// `[replication id, offset, acknowledged offset]` of a rooms script.
+fn parse_source(parts: &[Value]) -> StoreResult<Source> {
+    let signed = |v: &Value| match v {
+        Value::Int(n) => Some(*n),
+        other => redis::from_redis_value_ref::<i64>(other).ok(),
+    };
+    match parts {
+        [id, offset, acked] => Ok(Source {
+            id: text(id).ok_or_else(|| shape("source id"))?,
+            offset: signed(offset).ok_or_else(|| shape("source offset"))?,
+            acked: signed(acked).ok_or_else(|| shape("source acked"))?,
+        }),
+        _ => Err(shape("source")),
+    }
+}
+
 fn strings(v: &Value) -> Vec<String> {
     match v {
         Value::Array(items) => items.iter().filter_map(text).collect(),
@@ -272,7 +288,8 @@ impl Bus for RedisBus {
         message: &Outgoing,
         floor: u64,
         rotate: bool,
-    ) -> StoreResult<Delivery> {
+        expect: Option<&str>,
+    ) -> StoreResult<Commit> {
         let keys = self.names.room(room);
         let mut body =
             serde_json::to_string(message).map_err(|e| StoreError::rejected(e.to_string()))?;
@@ -295,20 +312,42 @@ impl Bus for RedisBus {
                     unix_now_ms().to_string(),
                     message.origin.clone(),
                     if rotate { "1" } else { "0" }.to_string(),
+                    expect.unwrap_or_default().to_string(),
                 ],
             )
             .await?;
         let Value::Array(parts) = reply else {
             return Err(shape("publish"));
         };
-        match parts.as_slice() {
-            [id, epoch] => Ok(Delivery {
-                id: int(id).ok_or_else(|| shape("publish id"))?,
-                epoch: text(epoch).ok_or_else(|| shape("publish epoch"))?,
-                message: message.clone(),
-            }),
-            _ => Err(shape("publish")),
+        let [id, epoch, source @ ..] = parts.as_slice() else {
+            return Err(shape("publish"));
+        };
+        let source = parse_source(source)?;
+        if matches!(id, Value::Int(-1)) {
+            return Ok(Commit::Moved(source));
         }
+        let delivery = Delivery {
+            id: int(id).ok_or_else(|| shape("publish id"))?,
+            epoch: text(epoch).ok_or_else(|| shape("publish epoch"))?,
+            message: message.clone(),
+        };
+        Ok(Commit::Done(delivery, source))
+    }
+
+    async fn source(&self, room: &Id) -> StoreResult<Source> {
+        let keys = self.names.room(room);
+        let reply = self
+            .store
+            .script(&self.scripts.source, vec![keys.meta], vec![])
+            .await?;
+        match reply {
+            Value::Array(parts) => parse_source(&parts),
+            _ => Err(shape("source")),
+        }
+    }
+
+    fn replicated(&self) -> bool {
+        self.store.settings().mode != crate::config::RedisMode::Single
     }
 
     async fn position(&self, room: &Id) -> StoreResult<Position> {
@@ -491,11 +530,11 @@ impl Bus for RedisBus {
 
     async fn banned_until(&self, room: &Id, member: &str) -> StoreResult<Option<u64>> {
         let keys = self.names.room(room);
-        let cmd = redis::cmd("PEXPIRETIME").arg(keys.ban(member)).clone();
+        let cmd = redis::cmd("PTTL").arg(keys.ban(member)).clone();
         let reply = self.store.command(cmd).await?;
         // -2: no such key (not banned); -1 cannot happen (always set with PXAT).
         Ok(match reply {
-            Value::Int(at) if at > 0 => Some(at as u64),
+            Value::Int(left) if left > 0 => Some(unix_now_ms() + left as u64),
             _ => None,
         })
     }

@@ -11,7 +11,13 @@ use redis::Script;
 /// (zset: recent publish ids scored by message id).
 /// ARGV: body (the JSON object's tail after `{`), floor, candidate epoch,
 /// history size, history TTL ms, meta TTL ms, jump, publish command, now ms,
-/// origin (the publish's unique id), new-epoch flag.
+/// origin (the publish's unique id), new-epoch flag, expected replication
+/// id ('' = any). Returns {id, epoch, replication id, offset, acked}, or
+/// {-1, '', replication id, offset, acked} when the master is not the
+/// expected one (nothing written: the caller first publishes again what the
+/// old master took). `offset` is the master's replication offset before
+/// this script's writes, `acked` the highest offset a replica acknowledged
+/// (-1 without replicas): see `rooms::acked`.
 ///
 /// Idempotent: a retry of a publish that already ran (the connection
 /// dropped before the reply) answers the first run's id and publishes
@@ -25,12 +31,20 @@ use redis::Script;
 /// when asked to (the first message an instance sends after an outage).
 /// The jump leaves room for the ids any instance gave out locally.
 const PUBLISH: &str = r#"
-local done = redis.call('ZSCORE', KEYS[4], ARGV[10])
-if done then
-  return {tonumber(done), redis.call('HGET', KEYS[1], 'epoch') or ''}
-end
 local info = redis.call('INFO', 'replication')
 local replid = string.match(info, 'master_replid:(%w+)') or ''
+local offset = tonumber(string.match(info, 'master_repl_offset:(%d+)') or '0')
+local acked = -1
+for off in string.gmatch(info, 'slave%d+:[^\r\n]-offset=(%d+)') do
+  acked = math.max(acked, tonumber(off))
+end
+local done = redis.call('ZSCORE', KEYS[4], ARGV[10])
+if done then
+  return {tonumber(done), redis.call('HGET', KEYS[1], 'epoch') or '', replid, offset, acked}
+end
+if ARGV[12] ~= '' and ARGV[12] ~= replid then
+  return {-1, '', replid, offset, acked}
+end
 local m = redis.call('HMGET', KEYS[1], 'epoch', 'seq', 'replid')
 local floor = tonumber(ARGV[2])
 local jump = tonumber(ARGV[7])
@@ -59,7 +73,19 @@ redis.call('ZADD', KEYS[4], seq, ARGV[10])
 redis.call('ZREMRANGEBYRANK', KEYS[4], 0, -tonumber(ARGV[4]) - 1)
 redis.call('PEXPIRE', KEYS[4], ARGV[5])
 redis.call(ARGV[8], KEYS[3], payload)
-return {seq, epoch}
+return {seq, epoch, replid, offset, acked}
+"#;
+
+/// Source: the room's master's replication id, offset and the highest
+/// offset a replica acknowledged (KEYS: meta, for the slot).
+const SOURCE: &str = r#"
+local info = redis.call('INFO', 'replication')
+local acked = -1
+for off in string.gmatch(info, 'slave%d+:[^\r\n]-offset=(%d+)') do
+  acked = math.max(acked, tonumber(off))
+end
+return {string.match(info, 'master_replid:(%w+)') or '',
+  tonumber(string.match(info, 'master_repl_offset:(%d+)') or '0'), acked}
 "#;
 
 /// Position: the room's epoch and last id, creating the epoch if missing.
@@ -162,6 +188,7 @@ pub struct Scripts {
     pub presence_leave: Script,
     pub presence_sync: Script,
     pub members: Script,
+    pub source: Script,
 }
 
 impl Scripts {
@@ -173,6 +200,7 @@ impl Scripts {
             presence_leave: Script::new(PRESENCE_LEAVE),
             presence_sync: Script::new(PRESENCE_SYNC),
             members: Script::new(MEMBERS),
+            source: Script::new(SOURCE),
         }
     }
 }
