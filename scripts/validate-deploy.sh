@@ -210,9 +210,13 @@ def k8s(files):
         pre = c.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
         sleep = int(pre[1]) if len(pre) == 2 and pre[0] == "sleep" else 0
         drain = int(env.get("BROKER__SERVER__SHUTDOWN_TIMEOUT_SECONDS", 30))
+        # The room sockets' drain (closes spread over server.drain_seconds,
+        # plus up to 3 s for the last to go) comes before the requests'.
+        sockets = float(env.get("BROKER__SERVER__DRAIN_SECONDS", 5)) + 3
         grace = pod.get("terminationGracePeriodSeconds", 30)
-        if grace <= sleep + drain:
-            err(f"Deployment/rtc-broker: terminationGracePeriodSeconds {grace} <= preStop {sleep} s + drain {drain} s")
+        if grace <= sleep + sockets + drain:
+            err(f"Deployment/rtc-broker: terminationGracePeriodSeconds {grace} <= preStop {sleep} s + "
+                f"socket drain {sockets} s + request drain {drain} s")
         for e in c.get("env", []):
             if e["name"] == "SERVER_ID" and e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
                 err("Deployment/rtc-broker: SERVER_ID is not the pod name")
@@ -294,8 +298,9 @@ def compose(path, rendered, production):
             ids[sid] = name
             grace = s.get("stop_grace_period", "10s")
             secs = int(re.fullmatch(r"(\d+)s", str(grace)).group(1)) if re.fullmatch(r"\d+s", str(grace)) else 0
-            if secs <= 30:
-                err(f"{path}: service {name} stop_grace_period {grace} does not cover the 30 s drain")
+            if secs <= 30 + 5 + 3:
+                err(f"{path}: service {name} stop_grace_period {grace} does not cover the socket "
+                    "drain (5 s + 3) and the 30 s request drain")
             if not any(str(v).split(":")[1] == "/data" if isinstance(v, str) else v.get("target") == "/data"
                        for v in s.get("volumes", [])):
                 err(f"{path}: service {name} mounts nothing at /data")

@@ -48,6 +48,11 @@ fn first_message(body: &Value) -> bool {
     body["id"] == 1
 }
 
+/// A kick's answer names the member.
+fn kicked(body: &Value) -> bool {
+    body["member_id"].is_string() && body["room"].is_string()
+}
+
 const RECORDING_TOKEN_OR_KEY: &str = "invalid_token";
 const KEY_ONLY: &str = "unauthorized";
 
@@ -141,6 +146,16 @@ const ROUTES: &[Route] = &[
         observe: ("GET", "/api/rooms/{room}/members", None),
         ok: 202,
         ok_body: first_message,
+        wrong_bearer: KEY_ONLY,
+        websocket: false,
+    },
+    Route {
+        method: "DELETE",
+        path: "/api/rooms/{room}/members/{member}",
+        body: Body::None,
+        observe: ("GET", "/api/rooms/{room}/members", None),
+        ok: 202,
+        ok_body: kicked,
         wrong_bearer: KEY_ONLY,
         websocket: false,
     },

@@ -163,23 +163,58 @@ async fn a_killed_brokers_members_leave_cluster() {
     a_killed_brokers_members_leave("cluster", env).await;
 }
 
-/// SIGTERM: clients get close code 1001 and the process exits 0.
+/// SIGTERM: readiness answers 503 and upgrades are refused at once; the
+/// sockets are closed with 1001 spread over `server.drain_seconds` (two
+/// sockets over 4 s: one at once, one 2 s later); the process exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_sockets_with_1001() {
+async fn sigterm_drains_sockets_with_1001_over_the_window() {
     let _serial = SERIAL.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = start(&[("PORT", "0")], dir.path());
+    let mut broker = start(
+        &[("PORT", "0"), ("BROKER__SERVER__DRAIN_SECONDS", "4")],
+        dir.path(),
+    );
     let base = format!("http://127.0.0.1:{}", broker.port);
-    let mut client = join(&base, "bye", "alice").await;
+    let mut first = join(&base, "bye", "alice").await;
+    let mut second = join(&base, "bye", "bob").await;
+    let late = crate::client::token(&base, "carol", "bye", None).await;
     let pid = nix::unistd::Pid::from_raw(broker.child.id() as i32);
+    let signalled = Instant::now();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    match client.next_event(Duration::from_secs(10)).await {
-        Event::Closed(code) => assert_eq!(code, Some(CloseCode::Away)),
-        Event::Frame(f) => panic!("frame instead of a close: {f}"),
-        Event::Silent => panic!("no close within 10 s"),
+    let mut closes = Vec::new();
+    for client in [&mut first, &mut second] {
+        match client.next_event(Duration::from_secs(10)).await {
+            Event::Closed(code) => assert_eq!(code, Some(CloseCode::Away)),
+            Event::Frame(f) if f["type"] == "presence" => {
+                assert_eq!(client.closed().await, Some(CloseCode::Away))
+            }
+            Event::Frame(f) => panic!("frame instead of a close: {f}"),
+            Event::Silent => panic!("no close within 10 s"),
+        }
+        closes.push(signalled.elapsed());
+        if closes.len() == 1 {
+            // Draining: not ready, and no new sockets.
+            let ready = reqwest::get(format!("{base}/health/ready")).await.unwrap();
+            assert_eq!(ready.status(), 503);
+            match crate::client::upgrade(&base, "bye", &format!("token={late}"), &[]).await {
+                crate::client::Upgrade::Refused(status, body) => {
+                    assert_eq!(
+                        (status, body["error"].as_str()),
+                        (503, Some("shutting_down"))
+                    )
+                }
+                crate::client::Upgrade::Open(_) => panic!("an upgrade was taken while draining"),
+            }
+        }
     }
+    let spread = closes[1] - closes[0];
+    assert!(
+        spread >= Duration::from_millis(1500),
+        "closes not spread over the window: {closes:?}"
+    );
     let status = blocking(move || broker.wait_exit(Duration::from_secs(10))).await;
     assert!(status.is_some_and(|s| s.success()), "{status:?}");
+    println!("SIGTERM: the two sockets closed {closes:?} after the signal (window 4 s)");
 }
 
 /// The outage buffer is bounded and never silent: while Redis is away a
