@@ -47,6 +47,15 @@ impl Heartbeat {
     }
 }
 
+/// A socket's frames with continuations joined, both bounded by `max`
+/// bytes (over it the stream reports `ProtocolError::Overflow`: close 1009).
+pub fn bounded(stream: actix_ws::MessageStream, max: usize) -> actix_ws::AggregatedMessageStream {
+    stream
+        .max_frame_size(max)
+        .aggregate_continuations()
+        .max_continuation_size(max)
+}
+
 /// The close for a frame the WebSocket codec refused: 1007 for a text
 /// frame that is not UTF-8 (RFC 6455 section 7.4.1; actix-ws reports it as
 /// an `InvalidData` I/O error), 1002 for anything else.

@@ -33,11 +33,7 @@ pub fn run(
     record: Id,
     jti: Option<String>,
 ) -> impl std::future::Future<Output = ()> {
-    let max = recordings.max_chunk_bytes();
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
+    let stream = crate::heartbeat::bounded(stream, recordings.max_chunk_bytes());
     let span = tracing::info_span!("ws_recording", record_id = %record);
     let counted = recordings.socket_opened();
     let watched = jti.map(|jti| recordings.watch_token(&jti));

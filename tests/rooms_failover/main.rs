@@ -27,7 +27,7 @@ mod storm;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use harness::{blocking, Cluster, SentinelSet, Single};
+use harness::{blocking, Cluster, RedisProc, SentinelSet, Single};
 use run::{spawn_pair, Scenario};
 
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -70,22 +70,37 @@ fn promoted(set: &Arc<Mutex<SentinelSet>>, old: u16) -> impl FnOnce() + Send + '
     }
 }
 
+/// Something done to the single node now, and `after` later what ends it.
+fn on_the_node(
+    redis: &Arc<Mutex<Single>>,
+    now: fn(&mut RedisProc),
+    after: Duration,
+    then: fn(&mut RedisProc),
+) -> (
+    impl FnOnce() + Send + 'static,
+    impl FnOnce() + Send + 'static,
+) {
+    let (first, second) = (redis.clone(), redis.clone());
+    (
+        move || now(&mut first.lock().unwrap().node),
+        move || {
+            std::thread::sleep(after);
+            then(&mut second.lock().unwrap().node);
+        },
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn single_redis_sigstop_loses_no_room_message() {
     let _serial = SERIAL.lock().await;
     let (redis, scenario) = single_scenario("single-stop").await;
-    let stop = {
-        let redis = redis.clone();
-        move || redis.lock().unwrap().node.pause()
-    };
     // Three times the command timeout, then the same node answers again.
-    let cont = {
-        let redis = redis.clone();
-        move || {
-            std::thread::sleep(Duration::from_secs(3));
-            redis.lock().unwrap().node.resume();
-        }
-    };
+    let (stop, cont) = on_the_node(
+        &redis,
+        |n| n.pause(),
+        Duration::from_secs(3),
+        |n| n.resume(),
+    );
     scenario
         .through("SIGSTOP of the single Redis for 3 s", stop, cont)
         .await;
@@ -96,19 +111,14 @@ async fn single_redis_sigstop_loses_no_room_message() {
 async fn memory_fallback_outage_loses_no_room_message() {
     let _serial = SERIAL.lock().await;
     let (redis, scenario) = single_scenario("outage").await;
-    let kill = {
-        let redis = redis.clone();
-        move || redis.lock().unwrap().node.kill()
-    };
     // Past `rooms.outage_local_after_ms` (3 s): members on one instance get
     // each other's messages from it; Redis then returns empty.
-    let back = {
-        let redis = redis.clone();
-        move || {
-            std::thread::sleep(Duration::from_secs(5));
-            redis.lock().unwrap().node.restart();
-        }
-    };
+    let (kill, back) = on_the_node(
+        &redis,
+        |n| n.kill(),
+        Duration::from_secs(5),
+        |n| n.restart(),
+    );
     scenario
         .through("a 5 s Redis outage in memory fallback", kill, back)
         .await;

@@ -67,11 +67,7 @@ pub fn run(
     let conn_id = rooms.next_conn_id();
     let span =
         tracing::info_span!("ws", room = %params.room, member = %params.grant.member, conn_id);
-    let max = rooms.limits().max_frame_bytes;
-    let stream = stream
-        .max_frame_size(max)
-        .aggregate_continuations()
-        .max_continuation_size(max);
+    let stream = crate::heartbeat::bounded(stream, rooms.limits().max_frame_bytes);
     Socket::new(rooms, session, params, conn_id)
         .serve(stream)
         .instrument(span)
