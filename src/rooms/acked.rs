@@ -58,7 +58,8 @@ struct Kept {
 /// See the module doc.
 pub struct Acked {
     rooms: Mutex<HashMap<Id, VecDeque<Kept>>>,
-    /// Most messages kept per room; past it the oldest go (and are logged).
+    /// Most messages kept, all rooms together (`rooms.outage_buffer`);
+    /// past it the oldest go, logged.
     cap: usize,
     /// Masters have replicas that could replace them.
     replicated: bool,
@@ -100,9 +101,21 @@ impl Acked {
             source: source.id.clone(),
             horizon: None,
         });
-        while kept.len() > self.cap {
-            kept.pop_front();
-            tracing::warn!(room = %room, "too many unconfirmed room messages kept; the oldest let go");
+        let mut total: usize = rooms.values().map(VecDeque::len).sum();
+        while total > self.cap {
+            let oldest = rooms
+                .iter()
+                .filter_map(|(id, kept)| kept.front().map(|k| (k.at, id.clone())))
+                .min_by_key(|(at, _)| *at);
+            let Some((_, id)) = oldest else { break };
+            if let Some(kept) = rooms.get_mut(&id) {
+                kept.pop_front();
+                if kept.is_empty() {
+                    rooms.remove(&id);
+                }
+            }
+            total -= 1;
+            tracing::warn!(room = %id, "too many unconfirmed room messages kept (no replica acknowledges?); the oldest let go");
         }
     }
 
@@ -239,6 +252,19 @@ mod tests {
         assert_eq!(acked.quiet(), vec![(room.clone(), "m1".to_string())]);
         acked.record(&room, &message(2), &source("m1", 0, -1));
         assert_eq!(origins(&acked, &room), vec!["o2"]);
+    }
+
+    #[test]
+    fn the_cap_holds_for_all_rooms_together() {
+        let acked = Acked::new(3, true);
+        let (a, b) = (Id::parse("a").unwrap(), Id::parse("b").unwrap());
+        for n in 0..3 {
+            acked.record(&a, &message(n), &source("m", 0, -1));
+        }
+        acked.record(&b, &message(9), &source("m", 0, -1));
+        assert_eq!(acked.len(), 3);
+        assert_eq!(origins(&acked, &a), vec!["o1", "o2"]);
+        assert_eq!(origins(&acked, &b), vec!["o9"]);
     }
 
     #[test]
