@@ -188,6 +188,7 @@ async fn a_kick_closes_the_members_sockets_everywhere_and_a_ban_holds(backend: B
         took <= WITHIN,
         "kicked on the other instance after {took:?}"
     );
+    println!("{backend:?}: a kicked member's socket on the other instance closed after {took:?}");
     assert_eq!(alice_a.closed().await, Some(CloseCode::from(4004)));
     let left = bob.next_of("presence").await;
     assert_eq!(left["event"], "leave", "{left}");
