@@ -74,6 +74,8 @@ struct Inner {
     next_conn: AtomicU64,
     /// Open sockets by token, for revocations and the drain.
     sockets: LiveTokens<Arc<Link>>,
+    /// Sockets ended, by why (metrics).
+    closes: [AtomicU64; socket::CLOSE_KINDS.len()],
     check: Arc<dyn TokenCheck>,
     draining: AtomicBool,
 }
@@ -160,6 +162,7 @@ impl Rooms {
                 shutdown,
                 next_conn: AtomicU64::new(1),
                 sockets: LiveTokens::default(),
+                closes: Default::default(),
                 check,
                 draining: AtomicBool::new(false),
             }),
@@ -257,6 +260,24 @@ impl Rooms {
                 tracing::debug!(room = %room, error = %e, "ban unreadable; join allowed");
                 None
             }
+        }
+    }
+
+    /// Room sockets ended since start, by why: `client` (it closed or went
+    /// away) or the broker's close (`slow_reader`, `rate_limit`,
+    /// `frame_too_large`, `token_expired`, `token_revoked`, `kicked`,
+    /// `going_away`, `idle`, `protocol`).
+    pub fn close_counts(&self) -> Vec<(&'static str, u64)> {
+        socket::CLOSE_KINDS
+            .iter()
+            .zip(&self.inner.closes)
+            .map(|(kind, n)| (*kind, n.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    fn count_close(&self, kind: usize) {
+        if let Some(n) = self.inner.closes.get(kind) {
+            n.fetch_add(1, Ordering::Relaxed);
         }
     }
 

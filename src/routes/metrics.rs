@@ -103,6 +103,12 @@ fn rooms(s: &mut Snapshot, state: &AppState) {
         "Room publishes refused because the outage buffer was full.",
         rooms.outage_refused,
     );
+    s.counters(
+        "rtc_room_socket_closes_total",
+        "Room sockets ended, by why: the client, or the broker's close.",
+        "reason",
+        &state.rooms.close_counts(),
+    );
     s.gauge(
         "rtc_room_unsettled_messages",
         "Committed room messages kept until their Redis master has shown it kept them.",

@@ -99,6 +99,7 @@ async fn metrics_describe_the_instance(backend: Backend) {
         "rtc_room_outage_buffer",
         "rtc_room_outage_refused_total",
         "rtc_room_unsettled_messages",
+        r#"rtc_room_socket_closes_total{reason="kicked"}"#,
         "rtc_recording_chunks_stored_total",
         "rtc_recording_chunk_bytes_total",
         "rtc_recording_index_collisions_repaired_total",

@@ -158,6 +158,24 @@ async fn a_revocation_closes_the_tokens_sockets_on_every_instance(backend: Backe
     assert_eq!(bob.next_of("message").await["data"], "bob here");
 }
 
+/// `rtc_room_socket_closes_total{reason}` of an instance.
+async fn closes(app: &TestApp, reason: &str) -> f64 {
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = format!("rtc_room_socket_closes_total{{reason=\"{reason}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
 async fn refused(app: &TestApp, room: &str, token: &str) -> (u16, Value) {
     match upgrade(app, room, &format!("token={token}"), &[]).await {
         Upgrade::Refused(status, body) => (status, body),
@@ -190,6 +208,10 @@ async fn a_kick_closes_the_members_sockets_everywhere_and_a_ban_holds(backend: B
     );
     println!("{backend:?}: a kicked member's socket on the other instance closed after {took:?}");
     assert_eq!(alice_a.closed().await, Some(CloseCode::from(4004)));
+    assert!(
+        closes(&a, "kicked").await >= 1.0,
+        "the kick is not counted in /metrics"
+    );
     let left = bob.next_of("presence").await;
     assert_eq!(left["event"], "leave", "{left}");
     assert_eq!(left["member_id"], "alice", "{left}");

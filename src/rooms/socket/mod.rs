@@ -89,6 +89,37 @@ struct Socket {
     expiry: Pin<Box<Sleep>>,
 }
 
+/// Why sockets end, for metrics (see `Rooms::close_counts`).
+pub const CLOSE_KINDS: [&str; 10] = [
+    "client",
+    "slow_reader",
+    "rate_limit",
+    "frame_too_large",
+    "token_expired",
+    "token_revoked",
+    "kicked",
+    "going_away",
+    "idle",
+    "protocol",
+];
+
+/// The index in [`CLOSE_KINDS`] of a close the broker sends.
+fn close_kind(code: CloseCode, reason: &str) -> usize {
+    match code {
+        CloseCode::Policy if reason == RATE_LIMIT_EXCEEDED => 2,
+        CloseCode::Policy => 1,
+        CloseCode::Size => 3,
+        CloseCode::Other(4001) => 4,
+        CloseCode::Other(4003) => 5,
+        CloseCode::Other(4004) => 6,
+        CloseCode::Away => 7,
+        CloseCode::Normal => 8,
+        _ => 9,
+    }
+}
+
+const RATE_LIMIT_EXCEEDED: &str = "rate limit exceeded";
+
 /// Why the loop ended, and what to tell the client.
 enum End {
     Close(CloseCode, &'static str),
@@ -167,6 +198,10 @@ impl Socket {
         };
         Box::pin(self.rooms.hub().leave(&room, self.conn_id)).await;
         self.rooms.sockets().remove(self.conn_id);
+        match &end {
+            End::Close(code, reason) => self.rooms.count_close(close_kind(*code, reason)),
+            _ => self.rooms.count_close(0),
+        }
         if let End::Close(code, reason) = end {
             tracing::debug!(?code, reason, "closing");
             let close = self.session.close(Some(CloseReason {
@@ -268,7 +303,7 @@ impl Socket {
                 let detail = "too many frames per second; slow down";
                 return self.error("rate_limited", detail, reference.as_ref()).await;
             }
-            Verdict::Abusive => return Some(End::Close(CloseCode::Policy, "rate limit exceeded")),
+            Verdict::Abusive => return Some(End::Close(CloseCode::Policy, RATE_LIMIT_EXCEEDED)),
         }
         match frame {
             Some(Ok(frame)) => self.on_frame(frame).await,
