@@ -78,11 +78,12 @@ impl Acked {
         self.rooms.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The master the next publish into `room` should find.
+    /// The master the next publish into `room` should find: the one that
+    /// took the oldest message kept (any other means a replay is due).
     pub fn expected(&self, room: &Id) -> Option<String> {
         self.lock()
             .get(room)
-            .and_then(|kept| kept.back())
+            .and_then(|kept| kept.front())
             .map(|k| k.source.clone())
     }
 
@@ -131,27 +132,35 @@ impl Acked {
         }
     }
 
+    /// Kept messages are in commit order, so horizons go to the newest
+    /// ones (those since this master's previous answer) and settling takes
+    /// from the front: both touch only what changes, not the whole window.
     fn observe_in(&self, kept: &mut VecDeque<Kept>, source: &Source) {
-        let now = Instant::now();
-        for k in kept.iter_mut().filter(|k| k.source == source.id) {
-            k.horizon.get_or_insert(source.offset);
+        for k in kept.iter_mut().rev() {
+            if k.horizon.is_some() {
+                break;
+            }
+            if k.source == source.id {
+                k.horizon = Some(source.offset);
+            }
         }
-        let replicated = self.replicated;
-        kept.retain(|k| {
-            let age = now.duration_since(k.at);
-            if age >= MAX_AGE {
+        let now = Instant::now();
+        while let Some(front) = kept.front() {
+            let age = now.duration_since(front.at);
+            let settled = front.source == source.id
+                && if self.replicated {
+                    front.horizon.is_some_and(|h| source.acked >= h)
+                } else {
+                    age >= SETTLE
+                };
+            if !settled && age < MAX_AGE {
+                break;
+            }
+            if !settled {
                 tracing::warn!("a room message unconfirmed for {MAX_AGE:?} let go");
-                return false;
             }
-            if k.source != source.id {
-                return true;
-            }
-            if replicated {
-                k.horizon.is_none_or(|h| source.acked < h)
-            } else {
-                age < SETTLE
-            }
-        });
+            kept.pop_front();
+        }
     }
 
     /// Takes every kept message of `room`, oldest first, to publish again.
@@ -179,14 +188,15 @@ impl Acked {
     }
 
     /// Rooms whose newest kept message is older than half of [`SETTLE`],
-    /// with its master: their masters are asked, as no publish is.
+    /// with the master of the oldest: their masters are asked, as no
+    /// publish is.
     pub fn quiet(&self) -> Vec<(Id, String)> {
         let now = Instant::now();
         self.lock()
             .iter()
-            .filter_map(|(room, kept)| kept.back().map(|k| (room, k)))
-            .filter(|(_, k)| now.duration_since(k.at) >= SETTLE / 2)
-            .map(|(room, k)| (room.clone(), k.source.clone()))
+            .filter_map(|(room, kept)| Some((room, kept.front()?, kept.back()?)))
+            .filter(|(_, _, newest)| now.duration_since(newest.at) >= SETTLE / 2)
+            .map(|(room, oldest, _)| (room.clone(), oldest.source.clone()))
             .collect()
     }
 
@@ -272,10 +282,25 @@ mod tests {
         let acked = Acked::new(100, true);
         let room = Id::parse("r").unwrap();
         acked.record(&room, &message(1), &source("old", 10, 5));
-        acked.record(&room, &message(2), &source("new", 0, 1000));
         acked.observe(&room, &source("new", 50, 1000));
-        assert_eq!(acked.len(), 1, "only the new master's message is settled");
+        assert_eq!(acked.len(), 1);
+        assert_eq!(
+            acked.expected(&room).as_deref(),
+            Some("old"),
+            "a replay is due"
+        );
         acked.record(&room, &message(3), &Source::default());
         assert_eq!(origins(&acked, &room), vec!["o1"]);
+    }
+
+    #[test]
+    fn what_a_replay_could_not_publish_makes_the_next_publish_replay() {
+        let acked = Acked::new(100, true);
+        let room = Id::parse("r").unwrap();
+        acked.put_back(&room, vec![message(1)]);
+        acked.record(&room, &message(2), &source("new", 10, 0));
+        assert_eq!(acked.expected(&room).as_deref(), Some(UNREPLAYED));
+        assert_eq!(acked.quiet().len(), 0, "the newest is fresh");
+        assert_eq!(origins(&acked, &room), vec!["o1", "o2"]);
     }
 }
