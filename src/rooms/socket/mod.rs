@@ -236,7 +236,8 @@ impl Socket {
                     }
                 }
                 (reference, outcome) = self.publishes.done(&target) => {
-                    if let Some(end) = self.answer(reference, outcome).await {
+                    // Boxed, like the others: it would widen the idle future.
+                    if let Some(end) = Box::pin(self.answer(reference, outcome)).await {
                         return end;
                     }
                 }

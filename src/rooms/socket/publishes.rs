@@ -21,9 +21,13 @@ struct Waiting {
     reference: Option<Ref>,
 }
 
+/// The publish in flight and the `ref` to answer it with (boxed: an idle
+/// socket holds only the pointer).
+type Inflight = Box<(Option<Ref>, LocalBoxFuture<'static, Outcome>)>;
+
 pub struct Publishes {
     waiting: VecDeque<Waiting>,
-    inflight: Option<(Option<Ref>, LocalBoxFuture<'static, Outcome>)>,
+    inflight: Option<Inflight>,
     max: usize,
 }
 
@@ -67,10 +71,10 @@ impl Publishes {
     /// then starts the next. Cancel-safe: the publish stays in `self`.
     pub async fn done(&mut self, target: &Target<'_>) -> (Option<Ref>, Outcome) {
         let outcome = match &mut self.inflight {
-            Some((_, publish)) => publish.as_mut().await,
+            Some(inflight) => inflight.1.as_mut().await,
             None => std::future::pending().await,
         };
-        let reference = self.inflight.take().and_then(|(r, _)| r);
+        let reference = self.inflight.take().and_then(|inflight| inflight.0);
         self.start_next(target);
         (reference, outcome)
     }
@@ -86,7 +90,7 @@ impl Publishes {
         let room = target.room.clone();
         let member = target.member.to_string();
         let publish = Box::pin(async move { rooms.publish(&room, &member, next.data).await });
-        self.inflight = Some((next.reference, publish));
+        self.inflight = Some(Box::new((next.reference, publish)));
     }
 }
 
