@@ -29,6 +29,20 @@ impl Backend {
     }
 }
 
+/// The Prometheus text of one scrape (used by tests/rooms and
+/// tests/recordings, which include this file).
+#[allow(dead_code)]
+pub struct Metrics(pub String);
+
+#[allow(dead_code)]
+impl Metrics {
+    pub fn value(&self, series: &str) -> Option<f64> {
+        self.0
+            .lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
+    }
+}
+
 /// A running broker and a client for it.
 pub struct TestApp {
     pub address: String,
@@ -125,6 +139,22 @@ impl TestApp {
             .await;
         assert_eq!(status, 200, "{body}");
         body
+    }
+
+    /// A scrape of `/metrics`: the value of one series (name and labels,
+    /// exactly as printed) by [`Metrics::value`].
+    #[allow(dead_code)]
+    pub async fn metrics(&self) -> Metrics {
+        let text = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("metrics request")
+            .text()
+            .await
+            .expect("metrics text");
+        Metrics(text)
     }
 
     /// A second broker instance on the same storage (same Redis, same

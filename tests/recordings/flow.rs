@@ -109,21 +109,11 @@ async fn independent_files_merge_into_one(backend: Backend) {
 
 /// A scrape of `/metrics`, as a lookup of one series' value.
 async fn metrics(app: &RecApp) -> impl Fn(&str) -> f64 {
-    let url = app.app.url("/metrics");
-    let text = app
-        .app
-        .client
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let scrape = app.app.metrics().await;
     move |series: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+        scrape
+            .value(series)
+            .unwrap_or_else(|| panic!("{series} missing:\n{}", scrape.0))
     }
 }
 

@@ -160,20 +160,8 @@ async fn a_revocation_closes_the_tokens_sockets_on_every_instance(backend: Backe
 
 /// `rtc_room_socket_closes_total{reason}` of an instance.
 async fn closes(app: &TestApp, reason: &str) -> f64 {
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
     let series = format!("rtc_room_socket_closes_total{{reason=\"{reason}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&series))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    app.metrics().await.value(&series).unwrap_or(0.0)
 }
 
 async fn refused(app: &TestApp, room: &str, token: &str) -> (u16, Value) {
